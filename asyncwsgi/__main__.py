@@ -1,0 +1,5 @@
+"""``python -m asyncwsgi serve APP``."""
+
+from .cli import main
+
+raise SystemExit(main())

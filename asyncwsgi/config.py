@@ -1,0 +1,147 @@
+"""The one source of truth for every option.
+
+``Config`` is a frozen dataclass. Each field carries its CLI spelling and help text in its metadata; ``cli.py``
+builds the argument parser from these fields and ``Server(**options)`` accepts the same names, so an option is
+defined exactly once. Validation happens in ``Config.__post_init__`` and raises ``ConfigError`` with a one-line
+message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = ["Config"]
+
+LoopName = Literal["auto", "asyncio", "uvloop"]
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _opt(default: Any, help: str, *flags: str, **extra: Any) -> Any:
+    """A dataclass field whose metadata drives the CLI (``flags`` defaults to ``--field-name``)."""
+    meta = {"help": help, "flags": flags, **extra}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed in Config")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every server option, its default and why.
+
+    Fields without ``cli=False`` in their metadata are command-line options; all of them are keyword arguments of
+    ``asyncwsgi.Server`` and ``asyncwsgi.serve``.
+    """
+
+    # -- where to listen -------------------------------------------------------------------------------------------
+    host: str = _opt("127.0.0.1", "Interface to bind. Local only unless asked: use 0.0.0.0 to listen on all.")
+    port: int = _opt(8000, "TCP port to bind (0 picks a free one).")
+    uds: str | None = _opt(None, "Bind a unix domain socket at this path instead of host/port.", metavar="PATH")
+    fd: int | None = _opt(None, "Serve on an already-listening socket inherited as this file descriptor.", metavar="N")
+    bind: tuple[str, ...] = _opt(
+        (),
+        "Gunicorn-style address: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeat to listen on several; "
+        "overrides --host/--port/--uds/--fd.",
+        "-b",
+        "--bind",
+        action="append",
+        metavar="ADDRESS",
+    )
+    backlog: int = _opt(2048, "Maximum number of pending connections in the listen queue.")
+
+    # -- the application -------------------------------------------------------------------------------------------
+    app_dir: str = _opt(
+        ".",
+        "Directory put first on sys.path before importing the app (the current one by default).",
+        metavar="DIR",
+    )
+    factory: bool = _opt(False, "Treat APP as a zero-argument callable that returns the WSGI application.")
+    root_path: str = _opt(
+        "",
+        "Mount prefix given to the app as SCRIPT_NAME (e.g. /api when behind a proxy).",
+        metavar="PATH",
+    )
+
+    # -- execution -------------------------------------------------------------------------------------------------
+    threads: int = _opt(
+        64,
+        "Maximum worker threads running the app. Threads start on demand and stop when idle.",
+        metavar="N",
+    )
+    thread_idle_timeout: float = _opt(
+        60.0, "Seconds an idle worker thread waits for work before it stops.", metavar="SECONDS"
+    )
+    loop: LoopName = _opt(
+        "auto",
+        "Event loop: uvloop when installed (auto), or force asyncio / uvloop.",
+        choices=("auto", "asyncio", "uvloop"),
+    )
+
+    # -- time limits -----------------------------------------------------------------------------------------------
+    timeout_keep_alive: float = _opt(
+        5.0, "Close a kept-alive connection idle for this many seconds.", metavar="SECONDS"
+    )
+    timeout_graceful: float = _opt(
+        30.0,
+        "On shutdown, how long in-flight requests may run before their connections are cut.",
+        metavar="SECONDS",
+    )
+
+    # -- limits ----------------------------------------------------------------------------------------------------
+    limit_request_line: int = _opt(
+        8190,
+        "Longest request target (the URL of the request line) in bytes; longer: 414.",
+        metavar="BYTES",
+    )
+    limit_request_fields: int = _opt(100, "Most header fields in a request; more: 431.", metavar="N")
+    limit_request_headers_size: int = _opt(
+        65536, "Largest request header block in bytes; larger: 431.", metavar="BYTES"
+    )
+
+    # -- logging ---------------------------------------------------------------------------------------------------
+    log_level: str = _opt("info", "Logging level of the asyncwsgi loggers.", choices=LOG_LEVELS)
+    access_log: bool = _opt(True, "Log one line per request to the asyncwsgi.access logger.")
+    server_header: bool = _opt(True, "Send a 'Server: asyncwsgi' header unless the app sets one.")
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(msg)
+
+        if not 0 <= self.port <= 65535:
+            raise bad(f"--port must be between 0 and 65535, not {self.port}")
+        if self.threads < 1:
+            raise bad(f"--threads must be at least 1, not {self.threads}")
+        if self.backlog < 1:
+            raise bad(f"--backlog must be at least 1, not {self.backlog}")
+        for name in ("timeout_keep_alive", "timeout_graceful", "thread_idle_timeout"):
+            if getattr(self, name) < 0:
+                raise bad(f"--{name.replace('_', '-')} must not be negative")
+        for name in ("limit_request_line", "limit_request_fields", "limit_request_headers_size"):
+            if getattr(self, name) < 1:
+                raise bad(f"--{name.replace('_', '-')} must be at least 1")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise bad(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise bad(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise bad(f"--root-path must start with '/' and not end with one, not {self.root_path!r}")
+        bind: Any = self.bind
+        if not isinstance(bind, tuple):  # accept a str or a list from embedding code
+            object.__setattr__(self, "bind", (bind,) if isinstance(bind, str) else tuple(bind))
+        if self.fd is not None and self.fd < 0:
+            raise bad(f"--fd must be a file descriptor number, not {self.fd}")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied; unknown names are a ``ConfigError``."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def app_dir_abs(self) -> str:
+        return os.path.abspath(self.app_dir)

@@ -1,0 +1,340 @@
+"""``HTTPConnection``: the asyncio protocol for one client connection.
+
+Threads: every method here runs on the event-loop thread. Methods named ``on_response_*`` and ``on_input_request``
+are called by the loop when it drains the ``LoopChannel``, on behalf of a worker thread; they are the only way a
+worker affects the connection, and only this class touches the transport.
+
+Lifecycle of a request: the parser calls ``on_head`` -> a ``WSGICall`` is made and submitted to the pool (or queued
+behind the one in flight: pipelined requests are answered in order, one app call at a time); body bytes go to the
+call's ``InputStream``; the worker posts response bytes; ``on_response_end`` writes the last bytes, then closes the
+connection or starts the next queued call or the keep-alive timer.
+
+Reading is paused while any of these holds: a request body's buffer is above its high-water mark, too many requests
+are queued behind the one in flight, or the connection is finishing (a close was asked, an error is pending, or the
+protocol switched). Errors in the client's bytes become one canned response and a close, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClientDisconnected, ProtocolError
+from ..protocol.writer import CONTINUE, error_response
+from ..wsgi.bridge import WriteFlow
+from ..wsgi.call import WSGICall
+from ..wsgi.environ import connection_environ
+from ..wsgi.input import BODY_HIGH_WATER, InputStream
+from .parser import RequestHead, RequestParser
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+__all__ = ["HTTPConnection"]
+
+logger = logging.getLogger("asyncwsgi.error")
+
+#: Requests parsed but not yet started, beyond which reading pauses.
+MAX_PIPELINE = 16
+#: The transport's write-buffer high-water mark (the worker-side limit is ``bridge.HIGH_WATER``).
+TRANSPORT_HIGH_WATER = 256 * 1024
+
+
+class HTTPConnection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        config = server.config
+        self._config = config
+        self.root_path = config.root_path
+        self.access_log = config.access_log
+        self.server_header = config.server_header
+        self.environ_base: dict[str, Any] = {}
+        self.closing = False  # read by workers when building a response head
+        self._transport: asyncio.Transport | None = None
+        self._parser = RequestParser(
+            self,
+            config.limit_request_line,
+            config.limit_request_fields,
+            config.limit_request_headers_size,
+        )
+        self._flow = WriteFlow()
+        self._current: WSGICall | None = None
+        self._parsing: WSGICall | None = None
+        self._pipeline: deque[WSGICall] = deque()
+        self._pending_error: ProtocolError | None = None
+        self._read_paused = False
+        self._read_done = False  # no more requests will be read (close asked, protocol switched, client EOF)
+        self._lost = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.requests = 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = typing.cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._transport = transport
+        transport.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
+        server = self._server
+        self.environ_base = connection_environ(
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+            "https" if transport.get_extra_info("sslcontext") is not None else "http",
+            self.root_path,
+            False,
+            server.environ_extra,
+        )
+        server.connection_opened(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._read_done:
+            return
+        try:
+            self._parser.feed(data)
+        except ProtocolError as exc:
+            self._reject(exc)
+            return
+        if self._parser.upgraded:
+            self._stop_reading()
+        if self._read_paused is not self._should_pause():
+            self._update_reading()
+
+    def eof_received(self) -> bool:
+        # The client half-closed. Keep the transport open only to finish a response whose request is complete.
+        call = self._current
+        if call is not None and self._parsing is None and not self._pipeline:
+            self._read_done = True
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._flow.close()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        gone = ClientDisconnected("client disconnected")
+        for call in (self._current, *self._pipeline):
+            if call is not None and call.input is not None:
+                call.input.abort(gone)
+        self._pipeline.clear()
+        had_request = self._current is not None
+        self._current = None
+        self._server.connection_closed(self, had_request)
+
+    def pause_writing(self) -> None:
+        self._flow.pause()
+
+    def resume_writing(self) -> None:
+        self._flow.resume()
+
+    # -- parser sink -------------------------------------------------------------------------------------------------
+
+    def on_head(self, head: RequestHead) -> None:
+        self.requests += 1
+        stream = None
+        if head.has_body:
+            stream = InputStream(self._on_input_request_from_worker, head.expect_continue)
+        call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
+        self._parsing = call
+        if not head.keep_alive or head.upgrade:
+            self._read_done = True
+        if self._current is None:
+            self._start(call)
+        else:
+            self._pipeline.append(call)
+
+    def on_body(self, chunk: bytes) -> None:
+        call = self._parsing
+        if call is not None and call.input is not None:
+            call.input.feed(chunk)
+
+    def on_end(self) -> None:
+        call = self._parsing
+        if call is not None and call.input is not None:
+            call.input.feed_eof()
+        self._parsing = None
+
+    # -- flow control ------------------------------------------------------------------------------------------------
+
+    def _body_full(self) -> InputStream | None:
+        """The body being received, if its buffer is at the high-water mark."""
+        call = self._parsing
+        stream = call.input if call is not None else None
+        return stream if stream is not None and stream.buffered >= BODY_HIGH_WATER else None
+
+    def _should_pause(self) -> bool:
+        return (
+            self._read_done
+            or self._pending_error is not None
+            or len(self._pipeline) >= MAX_PIPELINE
+            or self._body_full() is not None
+        )
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if self._lost or transport is None:
+            return
+        # Decide once: a worker may drain the body concurrently, and the stream must learn it caused the pause.
+        full = self._body_full()
+        pause = full is not None or self._should_pause()
+        if pause and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        elif not pause and self._read_paused:
+            self._read_paused = False
+            call = self._parsing
+            if call is not None and call.input is not None:
+                call.input.paused = False
+            transport.resume_reading()
+        if full is not None:
+            full.pause()
+
+    def _stop_reading(self) -> None:
+        self._read_done = True
+        self._update_reading()
+
+    # -- running calls -----------------------------------------------------------------------------------------------
+
+    def _start(self, call: WSGICall) -> None:
+        self._current = call
+        self._server.submit(call)
+
+    def _on_input_request_from_worker(self, what: str) -> None:
+        # Worker thread: forward to the loop.
+        self._server.channel.post(self.on_input_request, what)
+
+    def on_input_request(self, what: str) -> None:
+        """Loop side of ``InputStream``'s requests: send 100 Continue, or read more body."""
+        if self._lost:
+            return
+        call = self._current
+        if what == InputStream.WANT_CONTINUE:
+            if call is not None and not call.headers_sent and self._transport is not None:
+                self._transport.write(CONTINUE)
+        else:
+            self._update_reading()
+
+    def on_response_data(self, msg: tuple[WSGICall, bytes | list[bytes]]) -> None:
+        payload = msg[1]
+        if self._lost or self._transport is None:
+            return
+        self._write(payload)
+
+    def on_response_end(self, msg: tuple[WSGICall, bytes | list[bytes], bool]) -> None:
+        call, payload, keep_alive = msg
+        if self._lost or self._transport is None:
+            return
+        if payload:
+            self._write(payload)
+        self._current = None
+        self._server.request_done()
+        if call.input is not None and not call.input.complete:
+            if call.head.expect_continue and not call.input.received:
+                keep_alive = False
+            call.input.discard()
+        if not keep_alive or self.closing:
+            self._close()
+            return
+        if self._pending_error is not None:
+            self._send_error(self._pending_error)
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+        elif self._read_done:
+            self._close()
+            return
+        else:
+            self._arm_idle_timer()
+        if self._read_paused:
+            self._update_reading()
+
+    def on_response_abort(self, call: WSGICall) -> None:
+        if self._current is call:
+            self._current = None
+            self._server.request_done()
+        self._close()
+
+    def _write(self, payload: bytes | list[bytes]) -> None:
+        transport = self._transport
+        assert transport is not None
+        if isinstance(payload, bytes):
+            transport.write(payload)
+            self._flow.wrote(len(payload))
+        else:
+            transport.writelines(payload)
+            self._flow.wrote(sum(len(p) for p in payload))
+
+    # -- errors, timers, closing -------------------------------------------------------------------------------------
+
+    def _reject(self, exc: ProtocolError) -> None:
+        if self._read_done and self._parsing is None:
+            return  # bytes after the last request we meant to read (it asked to close): ignored, not an error
+        logger.info(
+            "bad request from %s: %s (%d)",
+            self.environ_base.get("REMOTE_ADDR") or "client",
+            exc,
+            exc.status,
+        )
+        self._read_done = True
+        if self._current is None:
+            self._send_error(exc)
+        else:
+            # Answer the request in flight first, then the error, in order.
+            self._pending_error = exc
+            self._pipeline.clear()
+            self._update_reading()
+
+    def _send_error(self, exc: ProtocolError) -> None:
+        if self._transport is not None and not self._lost:
+            self._transport.write(error_response(exc.status, str(exc), server_header=self.server_header))
+        self._close()
+
+    def _arm_idle_timer(self) -> None:
+        if self.closing:
+            self._close()
+            return
+        timeout = self._config.timeout_keep_alive
+        if timeout > 0 and self._transport is not None:
+            loop = self._server.loop
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self._current is None and not self._pipeline:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # -- server-side control -----------------------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._pipeline
+
+    def shutdown(self) -> None:
+        """Graceful: close now if idle, else after the response in flight (queued requests are never answered)."""
+        self.closing = True
+        self._pipeline.clear()
+        self._read_done = True
+        if self._current is None:
+            self._close()
+        else:
+            self._update_reading()
+
+    def abort(self) -> None:
+        """Forceful: drop the connection now."""
+        if self._transport is not None:
+            self._transport.abort()

@@ -1,0 +1,204 @@
+"""The httptools adapter: bytes in, request heads and body chunks out, no I/O.
+
+``RequestParser.feed(data)`` runs llhttp over ``data`` and calls the sink's ``on_head(head)``,
+``on_body(chunk)`` and ``on_end()`` for every request found, in order (pipelined requests come out one after
+another). Every way the client can be wrong ends in ``ProtocolError`` with the status to answer with; nothing else
+escapes ``feed``. Runs on the event-loop thread only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from ..errors import ProtocolError
+
+__all__ = ["RequestHead", "RequestParser", "RequestSink"]
+
+
+class RequestHead:
+    """One parsed request head. ``headers`` keeps the raw names and values in order."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        content_length: int | None,
+        chunked: bool,
+        expect_continue: bool,
+        upgrade: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method} {self.target!r} HTTP/{self.version}>"
+
+
+class RequestSink(Protocol):
+    def on_head(self, head: RequestHead) -> None: ...
+    def on_body(self, chunk: bytes) -> None: ...
+    def on_end(self) -> None: ...
+
+
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_EXPECT = b"expect"
+_HOST = b"host"
+
+
+class RequestParser:
+    """Wraps ``httptools.HttpRequestParser``; enforces the request-line and header limits as bytes arrive."""
+
+    __slots__ = (
+        "_chunked",
+        "_content_length",
+        "_expect",
+        "_header_bytes",
+        "_headers",
+        "_hosts",
+        "_limit_fields",
+        "_limit_line",
+        "_limit_size",
+        "_parser",
+        "_sink",
+        "_url",
+        "upgraded",
+    )
+
+    def __init__(
+        self,
+        sink: RequestSink,
+        limit_line: int = 8190,
+        limit_fields: int = 100,
+        limit_size: int = 65536,
+    ) -> None:
+        self._sink = sink
+        self._limit_line = limit_line
+        self._limit_fields = limit_fields
+        self._limit_size = limit_size
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._content_length: int | None = None
+        self._chunked = False
+        self._expect = False
+        self._hosts = 0
+        #: set once a request asked to switch protocols (Upgrade or CONNECT): the bytes after its head are not HTTP/1.1
+        #: and are never parsed.
+        self.upgraded = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
+        if self.upgraded:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgraded = True
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise ProtocolError(f"request rejected: {cause or exc}") from None
+        except httptools.HttpParserInvalidMethodError:
+            raise ProtocolError("invalid HTTP method") from None
+        except httptools.HttpParserInvalidURLError:
+            raise ProtocolError("invalid request target") from None
+        except httptools.HttpParserError as exc:
+            raise ProtocolError(f"malformed request: {exc}") from None
+
+    # -- httptools callbacks (called from inside feed) ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._content_length = None
+        self._chunked = False
+        self._expect = False
+        self._hosts = 0
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url if self._url else url
+        if len(url) > self._limit_line:
+            raise ProtocolError("request line too long", 414)
+        self._url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self._limit_fields:
+            raise ProtocolError("too many header fields", 431)
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._limit_size:
+            raise ProtocolError("request header block too large", 431)
+        headers.append((name, value))
+        if len(name) in (4, 6, 14, 17):  # cheap filter before lower-casing
+            lname = name.lower()
+            if lname == _CONTENT_LENGTH:
+                if self._content_length is not None or not value.isdigit():
+                    raise ProtocolError("invalid or repeated Content-Length")
+                self._content_length = int(value)
+            elif lname == _TRANSFER_ENCODING:
+                self._chunked = True
+            elif lname == _EXPECT:
+                if value.lower() != b"100-continue":
+                    raise ProtocolError(f"unsupported expectation {value!r}", 417)
+                self._expect = True
+            elif lname == _HOST:
+                self._hosts += 1
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1" and self._hosts != 1:
+            raise ProtocolError("HTTP/1.1 requests need exactly one Host header")
+        if self._hosts > 1:
+            raise ProtocolError("several Host headers")
+        self._sink.on_head(
+            RequestHead(
+                parser.get_method().decode("ascii"),
+                self._url,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                self._content_length,
+                self._chunked,
+                self._expect and version == "1.1",
+                parser.should_upgrade(),
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._sink.on_end()

@@ -1,0 +1,108 @@
+"""Process concerns for the command line only: logging, the event loop, signals, the exit status.
+
+The embedding API (``Server``, ``serve``) never calls into this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .server import Server
+
+__all__ = ["configure_logging", "loop_factory", "run"]
+
+logger = logging.getLogger("asyncwsgi.error")
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
+    for name in ("asyncwsgi.error", "asyncwsgi.access"):
+        log = logging.getLogger(name)
+        log.setLevel(level.upper())
+        log.handlers[:] = [handler]
+        log.propagate = False
+
+
+def loop_factory(name: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The loop ``--loop`` asks for: ``auto`` takes uvloop when it imports, the stdlib loop otherwise."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise ConfigError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", asyncio.new_event_loop
+
+
+def run(app: Any, config: Config) -> int:
+    """Serve until SIGINT/SIGTERM; return the exit status (0 after a clean graceful shutdown)."""
+    loop_name, factory = loop_factory(config.loop)
+    loop = factory()
+    try:
+        return loop.run_until_complete(_main(app, config, loop_name))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+async def _main(app: Any, config: Config, loop_name: str) -> int:
+    loop = asyncio.get_running_loop()
+    server = Server(app, config)
+    await server.start()
+    for addr in server.addresses:
+        where = (
+            f"unix:{addr}"
+            if isinstance(addr, str)
+            else (f"http://[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"http://{addr[0]}:{addr[1]}")
+        )
+        logger.info("listening on %s", where)
+    logger.info("loop %s, up to %d worker threads, pid %d", loop_name, config.threads, os.getpid())
+
+    stop = asyncio.Event()
+    signals_seen = 0
+    shutdown: asyncio.Future[int] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        name = signal.Signals(signum).name
+        if signals_seen == 1:
+            logger.info("received %s: shutting down gracefully (up to %.0fs)", name, config.timeout_graceful)
+            stop.set()
+        else:
+            logger.warning("received %s again: cutting in-flight requests now", name)
+            forced.append(asyncio.ensure_future(server.shutdown(0)))
+
+    forced: list[asyncio.Future[int]] = []
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            pass
+    try:
+        await stop.wait()
+        shutdown = asyncio.ensure_future(server.shutdown(config.timeout_graceful))
+        cut = await shutdown
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if cut:
+        logger.error("shutdown cut %d request(s) that did not finish in time", cut)
+        return 1
+    logger.info("shutdown complete")
+    return 0

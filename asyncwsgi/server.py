@@ -1,0 +1,239 @@
+"""``Server``: listening sockets, the connection registry, the thread pool and graceful shutdown, on the caller's loop.
+
+Embedding contract: a ``Server`` runs on whatever loop is running when ``start()`` is awaited. It installs no signal
+handlers, changes no loop policy and never exits the process; those are ``runner.py``'s business, for the CLI only.
+
+Threads: everything here runs on the event-loop thread, except ``queue_depth``/``threads`` (read-only counters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import Config
+from .protocol.connection import HTTPConnection
+from .sockets import ListenSpec, bind_sockets
+from .wsgi.bridge import LoopChannel
+from .wsgi.call import WSGICall
+from .wsgi.pool import ThreadPool
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("asyncwsgi.error")
+
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+class Server:
+    """A WSGI server on the running asyncio loop.
+
+    ``Server(app, config=None, **options)``: ``options`` are ``Config`` field names (``host``, ``port``, ``threads``,
+    ...) applied over ``config``. Use as ``async with Server(app, port=0) as server:``; the bound address is
+    ``server.address``.
+    """
+
+    def __init__(self, app: WSGIApp, config: Config | None = None, **options: Any) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        base = config if config is not None else Config()
+        self.config = base.replace(**options) if options else base
+        self.app = app
+        self.environ_extra: dict[str, Any] = {"asyncwsgi.config": self.config}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel: LoopChannel | None = None
+        self._pool: ThreadPool | None = None
+        self._listeners: list[tuple[ListenSpec, socket.socket, asyncio.Server]] = []
+        self._connections: set[HTTPConnection] = set()
+        self._in_flight = 0
+        self._all_closed: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._shutdown_task: asyncio.Task[int] | None = None
+        self._deadline = 0.0
+        self._wakeup = asyncio.Event()
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start listening. Raises ``ConfigError`` (one line) when an address cannot be bound."""
+        if self.started:
+            raise RuntimeError("the server is already started")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._channel = LoopChannel(loop)
+        self._pool = ThreadPool(self.config.threads, self.config.thread_idle_timeout)
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+        self._stopped = asyncio.Event()
+        bound = bind_sockets(self.config)
+        try:
+            for spec, sock in bound:
+                if sock.family == socket.AF_UNIX:
+                    srv = await loop.create_unix_server(self._make_protocol, sock=sock, backlog=self.config.backlog)
+                else:
+                    srv = await loop.create_server(self._make_protocol, sock=sock, backlog=self.config.backlog)
+                self._listeners.append((spec, sock, srv))
+        except BaseException:
+            for _, sock in bound:
+                sock.close()
+            raise
+        self.started = True
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def serve_forever(self) -> None:
+        """Wait until ``shutdown()`` completes (from another task). Cancelling this does not stop the server."""
+        if not self.started or self._stopped is None:
+            raise RuntimeError("start() the server first (or use 'async with')")
+        await self._stopped.wait()
+
+    async def shutdown(self, timeout: float | None = None) -> int:
+        """Stop accepting, close idle connections now, let in-flight requests finish for up to ``timeout`` seconds
+        (default: ``config.timeout_graceful``), then cut what remains. Returns how many requests were cut.
+        Safe to call more than once and from several tasks."""
+        if not self.started:
+            return 0
+        loop = self.loop
+        deadline = loop.time() + (self.config.timeout_graceful if timeout is None else timeout)
+        if self._shutdown_task is None:
+            self._deadline = deadline
+            self._shutdown_task = asyncio.ensure_future(self._shutdown())
+        elif deadline < self._deadline:
+            # A later call with a shorter timeout (a second Ctrl-C, say) shortens the wait.
+            self._deadline = deadline
+            self._wakeup.set()
+        return await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> int:
+        loop = self.loop
+        for _, _, srv in self._listeners:
+            srv.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        all_closed = self._all_closed
+        assert all_closed is not None
+        while self._connections:
+            remaining = self._deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            waiters = [
+                asyncio.ensure_future(all_closed.wait()),
+                asyncio.ensure_future(self._wakeup.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        cut = 0
+        if self._connections:
+            cut = sum(1 for c in self._connections if not c.idle)
+            logger.warning("graceful shutdown timed out: cutting %d request(s) still in flight", cut)
+            for conn in list(self._connections):
+                conn.abort()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(all_closed.wait(), 1.0)
+        for spec, _, srv in self._listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+            if spec.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(spec.path)
+        if self._pool is not None:
+            self._pool.shutdown()
+        assert self._stopped is not None
+        self._stopped.set()
+        return cut
+
+    # -- introspection -----------------------------------------------------------------------------------------------
+
+    @property
+    def addresses(self) -> list[Any]:
+        """Every bound address: ``(host, port)`` for TCP, the path (str) for unix sockets."""
+        out: list[Any] = []
+        for _, sock, _ in self._listeners:
+            name = sock.getsockname()
+            out.append(tuple(name[:2]) if isinstance(name, tuple) else name)
+        return out
+
+    @property
+    def address(self) -> Any:
+        """The first bound address: ``(host, port)`` for TCP, the socket path for unix sockets."""
+        addrs = self.addresses
+        if not addrs:
+            raise RuntimeError("the server is not listening")
+        return addrs[0]
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests handed to the app and not finished."""
+        return self._in_flight
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a free worker thread."""
+        return self._pool.queued if self._pool is not None else 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now."""
+        return self._pool.threads if self._pool is not None else 0
+
+    # -- for connections (loop thread) -------------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    @property
+    def channel(self) -> LoopChannel:
+        assert self._channel is not None
+        return self._channel
+
+    def _make_protocol(self) -> HTTPConnection:
+        return HTTPConnection(self)
+
+    def connection_opened(self, conn: HTTPConnection) -> None:
+        self._connections.add(conn)
+        assert self._all_closed is not None
+        self._all_closed.clear()
+        if self._shutdown_task is not None:
+            conn.shutdown()
+
+    def connection_closed(self, conn: HTTPConnection, had_request: bool) -> None:
+        self._connections.discard(conn)
+        if had_request:
+            self._in_flight -= 1
+        if not self._connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def submit(self, call: WSGICall) -> None:
+        self._in_flight += 1
+        assert self._pool is not None
+        self._pool.submit(call.run, None)
+
+    def request_done(self) -> None:
+        self._in_flight -= 1
+
+
+async def serve(app: WSGIApp, config: Config | None = None, **options: Any) -> None:
+    """Serve ``app`` on the running loop until cancelled; on cancellation, shut down gracefully."""
+    async with Server(app, config, **options) as server:
+        await server.serve_forever()

@@ -1,0 +1,115 @@
+"""The two channels across the thread boundary, besides ``wsgi.input``.
+
+``LoopChannel``: worker threads -> event-loop thread. Workers ``post(fn, arg)``; the loop runs ``fn(arg)`` in post
+order. Posts made while a drain is already scheduled ride along with it, so a burst of finished responses costs one
+loop wake-up, not one each.
+
+``WriteFlow``: response backpressure, event-loop thread -> worker threads. The loop records what it handed to the
+transport and whether the transport asked to pause; the worker blocks in ``wait()`` while more than ``HIGH_WATER``
+bytes it posted are unwritten or the transport is paused, and raises ``ClientDisconnected`` once the connection is
+gone. A client that stops reading therefore holds at most about ``HIGH_WATER`` plus the transport's own high-water
+mark of response data in memory, however much the app produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ClientDisconnected
+
+__all__ = ["HIGH_WATER", "LoopChannel", "WriteFlow"]
+
+logger = logging.getLogger("asyncwsgi.error")
+
+#: Response bytes posted by a worker but not yet handed to the transport, above which the worker waits.
+HIGH_WATER = 512 * 1024
+
+
+class LoopChannel:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[tuple[Callable[[Any], object], Any]] = deque()
+        self._scheduled = False
+
+    # -- worker threads ----------------------------------------------------------------------------------------------
+
+    def post(self, fn: Callable[[Any], object], arg: Any) -> None:
+        """Run ``fn(arg)`` on the loop thread soon. Never blocks. Order of posts is kept."""
+        self._items.append((fn, arg))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nothing will ever read this again
+                self._items.clear()
+
+    # -- event-loop thread -------------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        # Clear the flag before popping: a post racing with us either lands in this drain or schedules the next.
+        self._scheduled = False
+        items = self._items
+        for _ in range(len(items)):
+            fn, arg = items.popleft()
+            try:
+                fn(arg)
+            except Exception:
+                logger.exception("error in the event loop while handling a worker's message")
+
+
+class WriteFlow:
+    """Per-connection response flow control; see the module docstring for who writes which field."""
+
+    __slots__ = ("_event", "_waiting", "closed", "paused", "queued", "written")
+
+    def __init__(self) -> None:
+        self.queued = 0  # worker thread: bytes posted
+        self.written = 0  # loop thread: bytes handed to the transport
+        self.paused = False  # loop thread: the transport called pause_writing()
+        self.closed = False  # loop thread: the connection is gone
+        self._waiting = False
+        self._event = threading.Event()
+
+    # -- worker thread -----------------------------------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        return not self.paused and self.queued - self.written <= HIGH_WATER
+
+    def wait(self) -> None:
+        """Block while the client is behind; raise ``ClientDisconnected`` if it left."""
+        while True:
+            if self.closed:
+                raise ClientDisconnected("client disconnected")
+            if self._ready():
+                return
+            self._event.clear()
+            self._waiting = True
+            if self.closed or self._ready():
+                self._waiting = False
+                continue
+            self._event.wait()
+            self._waiting = False
+
+    # -- event-loop thread -------------------------------------------------------------------------------------------
+
+    def wrote(self, n: int) -> None:
+        self.written += n
+        if self._waiting and self._ready():
+            self._event.set()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._waiting and self._ready():
+            self._event.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()

@@ -1,0 +1,428 @@
+"""One WSGI call: ``start_response``, ``write``, iterating the response, and framing it for HTTP/1.1.
+
+Threads: a ``WSGICall`` is created on the event-loop thread (``__init__`` only copies references) and everything
+else in this module runs on the worker thread that the pool hands it to. The worker never touches the transport:
+response bytes go to the loop through ``LoopChannel.post`` to the connection's ``on_response_*`` methods, and the
+worker waits on ``WriteFlow`` for backpressure.
+
+Rules kept here (PEP 3333, RFC 9112):
+- the response head is sent with the first non-empty body chunk (or at the end), so an error before it can still
+  become a 500, and ``exc_info`` can replace the headers until then;
+- a declared Content-Length is enforced: extra bytes are dropped, a short body closes the connection;
+- without Content-Length the body is chunked on HTTP/1.1, close-delimited on HTTP/1.0, unless the whole body is
+  known before the head goes out, in which case Content-Length is added;
+- HEAD, 1xx, 204 and 304 responses carry no body;
+- the iterable's ``close()`` is called on every path, including client disconnect.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClientDisconnected
+from ..protocol.writer import CHUNK_END, error_response, frame_chunk, http_date
+from .bridge import LoopChannel, WriteFlow
+from .environ import request_environ
+from .files import FileWrapper
+from .input import EmptyInput, InputStream
+
+if TYPE_CHECKING:
+    from ..protocol.connection import HTTPConnection
+    from ..protocol.parser import RequestHead
+
+__all__ = ["WSGICall"]
+
+error_log = logging.getLogger("asyncwsgi.error")
+access_log = logging.getLogger("asyncwsgi.access")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+_STATUS_RE = re.compile(r"[1-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*\Z")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_SMALL = 16 * 1024  # join head and body into one bytes object below this body size
+_EMPTY_INPUT = EmptyInput()
+
+
+class WSGICall:
+    __slots__ = (
+        "_app",
+        "_body_known",
+        "_chunked",
+        "_content_length",
+        "_ctx",
+        "_environ",
+        "_flow",
+        "_has_date",
+        "_has_server",
+        "_headers",
+        "_held",
+        "_held_len",
+        "_keep_alive",
+        "_no_body",
+        "_post",
+        "_sent",
+        "_started",
+        "_status",
+        "conn",
+        "head",
+        "headers_sent",
+        "input",
+    )
+
+    def __init__(
+        self,
+        conn: HTTPConnection,
+        head: RequestHead,
+        wsgi_input: InputStream | None,
+        app: Callable[..., Iterable[bytes]],
+        channel: LoopChannel,
+        flow: WriteFlow,
+    ) -> None:
+        # Loop thread: references only.
+        self.conn = conn
+        self.head = head
+        self.input = wsgi_input
+        self._app = app
+        self._post = channel.post
+        self._flow = flow
+        self._ctx = contextvars.copy_context()
+        self._status: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._content_length: int | None = None
+        self._has_date = False
+        self._has_server = False
+        self._keep_alive = head.keep_alive
+        self._chunked = False
+        self._no_body = head.method == "HEAD"
+        self._held: list[bytes] = []
+        self._held_len = 0
+        self._body_known = False
+        self._sent = 0
+        self._started = 0.0
+        self._environ: dict[str, Any] | None = None
+        #: set (worker thread) once the response head has been posted; read by the loop for 100-continue.
+        self.headers_sent = False
+
+    # == worker thread ==============================================================================================
+
+    def run(self, _: object = None) -> None:
+        """Pool entry point."""
+        self._ctx.run(self._run)
+
+    def _run(self) -> None:
+        conn = self.conn
+        self._started = time.monotonic()
+        environ: dict[str, Any] = {}
+        result: Any = None
+        try:
+            environ = self._environ = request_environ(
+                conn.environ_base,
+                self.head,
+                conn.root_path,
+                self.input if self.input is not None else _EMPTY_INPUT,
+            )
+            if self._flow.closed:
+                raise ClientDisconnected("client disconnected before the application was called")
+            try:
+                result = self._app(environ, self.start_response)
+                self._consume(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            self._finish()
+        except ClientDisconnected as exc:
+            error_log.debug("client went away during %s %s: %s", self.head.method, environ.get("RAW_URI"), exc)
+            self._post(conn.on_response_abort, self)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._environ = None
+        if conn.access_log:
+            self._log_access(environ)
+
+    # -- start_response / write --------------------------------------------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+            # Nothing went out yet: the new status and headers replace the old, and so does the body.
+            self._held = []
+            self._held_len = 0
+            self._body_known = False
+        elif self._status is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+
+        if type(status) is not str:
+            raise TypeError(f"status must be a str, not {type(status).__name__}")
+        if not _STATUS_RE.match(status):
+            raise ValueError(f"invalid status line {status!r}: expected e.g. '200 OK', without control characters")
+        if not isinstance(headers, list):
+            raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+        content_length = None
+        has_date = has_server = False
+        keep_alive = self.head.keep_alive
+        clean: list[tuple[str, str]] = []
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                raise TypeError(f"each response header must be a (name, value) tuple, not {item!r}")
+            name, value = item
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"response header names and values must be str: {item!r}")
+            if not _TOKEN_RE.match(name):
+                raise ValueError(f"invalid response header name {name!r}")
+            if _BAD_VALUE_RE.search(value):
+                raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
+            lname = name.lower()
+            if lname in _HOP_BY_HOP:
+                if lname == "connection" and value.strip().lower() == "close":
+                    keep_alive = False  # the app asks us to close after this response: honoured, not forwarded
+                    continue
+                raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
+            if lname == "content-length":
+                v = value.strip()
+                if not v.isdigit() or (content_length is not None and int(v) != content_length):
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                if content_length is not None:
+                    continue
+                content_length = int(v)
+            elif lname == "date":
+                has_date = True
+            elif lname == "server":
+                has_server = True
+            clean.append((name, value))
+        self._status = status
+        self._headers = clean
+        self._content_length = content_length
+        self._has_date = has_date
+        self._has_server = has_server
+        self._keep_alive = keep_alive
+        code = status[:3]
+        self._no_body = self.head.method == "HEAD" or code[0] == "1" or code in ("204", "304")
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's imperative write: data is handed to the loop before this returns."""
+        if self._status is None:
+            raise RuntimeError("write() called before start_response()")
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if data:
+            self._send(data)
+
+    # -- iterating the response --------------------------------------------------------------------------------------
+
+    def _consume(self, result: Any) -> None:
+        t = type(result)
+        if t is list or t is tuple:
+            # The whole body is known: hold it so the head can carry Content-Length and go out in one write.
+            for chunk in result:
+                if type(chunk) is not bytes:
+                    raise TypeError(f"the response iterable yielded {type(chunk).__name__}, not bytes")
+            if self._status is None:
+                raise RuntimeError("the application returned without calling start_response()")
+            if not self.headers_sent:
+                self._body_known = True
+                self._held.extend(c for c in result if c)
+                self._held_len = sum(map(len, self._held))
+                return
+            for chunk in result:
+                if chunk:
+                    self._send(chunk)
+            return
+        if t is FileWrapper and self._try_sendfile(result):
+            return
+        if result is None or isinstance(result, (str, bytes, bytearray)):
+            raise TypeError(
+                f"the application returned {type(result).__name__}; it must return an iterable of bytes "
+                "(wrap a single body in a list)"
+            )
+        flow = self._flow
+        for chunk in result:
+            if type(chunk) is not bytes:
+                raise TypeError(f"the response iterable yielded {type(chunk).__name__}, not bytes")
+            if chunk:
+                self._send(chunk)
+            elif flow.closed:
+                raise ClientDisconnected("client disconnected")
+        if self._status is None:
+            raise RuntimeError("the application returned without calling start_response()")
+        self._body_known = not self.headers_sent
+
+    def _try_sendfile(self, wrapper: FileWrapper) -> bool:
+        # Sendfile is an optimisation reserved for the loop; not implemented on every loop (uvloop lacks it).
+        return False
+
+    # -- framing -----------------------------------------------------------------------------------------------------
+
+    def _head(self, body_length: int | None) -> bytes:
+        """Serialize the response head. ``body_length`` is the whole body's size when known before the head goes."""
+        parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n"]
+        for name, value in self._headers:
+            parts += (name, ": ", value, "\r\n")
+        keep_alive = self._keep_alive and not self.conn.closing
+        if self.head.expect_continue and self.input is not None and not self.input.received:
+            keep_alive = False  # we never asked for the body: the client may or may not send it, so close
+        if self._content_length is None and not (self._no_body and self.head.method != "HEAD"):
+            if body_length is not None and (body_length or not self._no_body):
+                parts += ("Content-Length: ", str(body_length), "\r\n")
+            elif self._no_body:
+                pass  # HEAD of a streamed body: the GET would be chunked; say nothing about the length
+            elif self.head.version == "1.1":
+                parts.append("Transfer-Encoding: chunked\r\n")
+                self._chunked = True
+            else:
+                keep_alive = False  # HTTP/1.0, unknown length: the body ends when we close
+        if not self._has_date:
+            parts += ("Date: ", http_date(), "\r\n")
+        if not self._has_server and self.conn.server_header:
+            parts.append("Server: asyncwsgi\r\n")
+        if not keep_alive:
+            parts.append("Connection: close\r\n")
+        elif self.head.version == "1.0":
+            parts.append("Connection: keep-alive\r\n")
+        parts.append("\r\n")
+        self._keep_alive = keep_alive
+        return "".join(parts).encode("latin-1")
+
+    def _send(self, data: bytes) -> None:
+        """Post one non-final body chunk (sending the head first if needed), then wait for backpressure."""
+        flow = self._flow
+        if flow.closed:
+            raise ClientDisconnected("client disconnected")
+        cl = self._content_length
+        if cl is not None:
+            remaining = cl - self._sent - self._held_len
+            if len(data) >= remaining:
+                if len(data) > remaining:
+                    self._warn_extra()
+                    if remaining <= 0:
+                        return
+                    data = data[:remaining]
+                # This chunk completes the declared body: hold it and send it with the end of the response.
+                self._held.append(data)
+                self._held_len += len(data)
+                return
+        payload: bytes | list[bytes]
+        if self._no_body:
+            if self.headers_sent:
+                self._sent += len(data)
+                return
+            payload = self._head(None)
+        elif not self.headers_sent:
+            head = self._head(None)
+            body = frame_chunk(data) if self._chunked else data
+            payload = head + body if len(body) < _SMALL else [head, body]
+        else:
+            payload = frame_chunk(data) if self._chunked else data
+        self.headers_sent = True
+        self._sent += len(data)
+        flow.queued += len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+        self._post(self.conn.on_response_data, (self, payload))
+        flow.wait()
+
+    def _warn_extra(self) -> None:
+        error_log.warning(
+            "%s %s: the app sent more than its Content-Length (%s); extra bytes dropped",
+            self.head.method,
+            self.head.target.decode("latin-1"),
+            self._content_length,
+        )
+
+    def _finish(self) -> None:
+        """Post the end of the response: the held body (and the head, if not sent yet) in one write."""
+        held = self._held
+        body = b"".join(held) if len(held) != 1 else held[0]
+        cl = self._content_length
+        if cl is not None and self._sent + len(body) > cl:
+            self._warn_extra()
+            body = body[: max(0, cl - self._sent)]
+        parts: list[bytes] = []
+        if not self.headers_sent:
+            parts.append(self._head(len(body) if self._body_known or self._content_length is not None else None))
+            self.headers_sent = True
+            if self._no_body:
+                body = b""
+        elif self._no_body:
+            body = b""
+        if body:
+            parts.append(frame_chunk(body) if self._chunked else body)
+        self._sent += len(body)
+        if self._chunked:
+            parts.append(CHUNK_END)
+        keep_alive = self._keep_alive
+        if cl is not None and self._sent < cl and not self._no_body:
+            error_log.error(
+                "%s %s: the app declared Content-Length %d but sent %d bytes; closing the connection",
+                self.head.method,
+                self.head.target.decode("latin-1"),
+                cl,
+                self._sent,
+            )
+            keep_alive = False
+        payload = parts[0] if len(parts) == 1 else b"".join(parts) if len(body) < _SMALL else parts
+        self._post(self.conn.on_response_end, (self, payload, keep_alive))
+
+    def _fail(self, exc: Exception) -> None:
+        env = self._environ or {}
+        error_log.error(
+            "error in the application for %s %s",
+            self.head.method,
+            env.get("RAW_URI", "?"),
+            exc_info=exc,
+        )
+        if self.headers_sent:
+            self._post(self.conn.on_response_abort, self)
+        else:
+            self.headers_sent = True
+            self._status = "500 Internal Server Error"
+            self._post(
+                self.conn.on_response_end,
+                (self, error_response(500, server_header=self.conn.server_header), False),
+            )
+
+    def _log_access(self, environ: dict[str, Any]) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        status = (self._status or "-")[:3]
+        ms = (time.monotonic() - self._started) * 1000.0
+        query = environ.get("QUERY_STRING")
+        access_log.info(
+            '%s - - "%s %s%s %s" %s %d %.1fms "%s" "%s"',
+            environ.get("REMOTE_ADDR") or "-",
+            self.head.method,
+            environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+            "?" + query if query else "",
+            environ.get("SERVER_PROTOCOL"),
+            status,
+            self._sent,
+            ms,
+            environ.get("HTTP_REFERER", "-"),
+            environ.get("HTTP_USER_AGENT", "-"),
+        )

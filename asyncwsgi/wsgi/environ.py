@@ -1,0 +1,141 @@
+"""PEP 3333 environ: a per-connection base dict copied per request, plus the request's own keys.
+
+``connection_environ`` runs on the loop thread once per connection; ``request_environ`` runs on the worker thread at
+the start of each call, so the loop does no per-request string work beyond parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from ..protocol.parser import RequestHead
+from .files import FileWrapper
+
+__all__ = ["ErrorStream", "connection_environ", "request_environ"]
+
+
+class ErrorStream:
+    """``wsgi.errors``: text written by the app goes to the ``asyncwsgi.error`` logger, one record per line."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("asyncwsgi.error")
+
+    def write(self, s: str) -> int:
+        for line in s.splitlines():
+            if line.strip():
+                self._logger.error("%s", line)
+        return len(s)
+
+    def writelines(self, seq: Any) -> None:
+        for s in seq:
+            self.write(s)
+
+    def flush(self) -> None:
+        pass
+
+
+ERRORS = ErrorStream()
+
+# Header name (raw bytes) -> environ key; "" means "not passed to the app". Bounded so hostile clients sending
+# endless distinct names cannot grow it.
+_KEY_CACHE: dict[bytes, str] = {}
+_KEY_CACHE_MAX = 1024
+_SPECIAL = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def _header_key(name: bytes) -> str:
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        lname = name.lower()
+        if lname in _SPECIAL:
+            key = _SPECIAL[lname]
+        elif b"_" in name:
+            # "X_Forwarded_For" would map to the same key as "X-Forwarded-For": a spoofing vector behind proxies
+            # that only filter the dash spelling. Drop such headers, as gunicorn does.
+            key = ""
+        else:
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[name] = key
+    return key
+
+
+def connection_environ(
+    sockname: Any,
+    peername: Any,
+    url_scheme: str,
+    root_path: str,
+    multiprocess: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The keys shared by every request on one connection (loop thread, once per connection)."""
+    env: dict[str, Any] = {
+        "SCRIPT_NAME": root_path,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": ERRORS,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    if isinstance(sockname, tuple):
+        env["SERVER_NAME"] = str(sockname[0])
+        env["SERVER_PORT"] = str(sockname[1])
+    else:
+        env["SERVER_NAME"] = "localhost" if not sockname else str(sockname)
+        env["SERVER_PORT"] = ""
+    if isinstance(peername, tuple) and peername:
+        env["REMOTE_ADDR"] = str(peername[0])
+        env["REMOTE_PORT"] = str(peername[1])
+    else:
+        env["REMOTE_ADDR"] = ""
+    env.update(extra)
+    return env
+
+
+def request_environ(base: dict[str, Any], head: RequestHead, root_path: str, wsgi_input: Any) -> dict[str, Any]:
+    """The full environ of one request (worker thread)."""
+    env = base.copy()
+    target = head.target
+    host: bytes | None = None
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+    elif target == b"*":
+        path, query = b"*", b""
+    else:
+        # absolute-form (RFC 9112 section 3.2.2): the target's authority replaces Host.
+        url = httptools.parse_url(target)
+        path = url.path or b"/"
+        query = url.query or b""
+        if url.host:
+            host = url.host + (b":%d" % url.port if url.port else b"")
+    if b"#" in path:
+        path = path.partition(b"#")[0]
+    path_info = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    if root_path and (path_info == root_path or path_info.startswith(root_path + "/")):
+        path_info = path_info[len(root_path) :]
+    env["REQUEST_METHOD"] = head.method
+    env["PATH_INFO"] = path_info
+    env["QUERY_STRING"] = query.decode("latin-1")
+    env["RAW_URI"] = target.decode("latin-1")
+    env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
+    env["wsgi.input"] = wsgi_input
+    for name, value in head.headers:
+        key = _header_key(name)
+        if not key:
+            continue
+        val = value.decode("latin-1")
+        if key in env:
+            sep = "; " if key == "HTTP_COOKIE" else ", "
+            env[key] = env[key] + sep + val
+        else:
+            env[key] = val
+    if host is not None:
+        env["HTTP_HOST"] = host.decode("latin-1")
+    return env
