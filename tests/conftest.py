@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -18,19 +19,24 @@ from typing import Any
 import pytest
 
 import asyncwsgi
+from asyncwsgi.runner import loop_factory
 
 from .helpers import RawClient
 
+#: The loop the ``server`` fixture runs on: uvloop (the production default) unless ASYNCWSGI_TEST_LOOP=asyncio.
+TEST_LOOP = os.environ.get("ASYNCWSGI_TEST_LOOP", "auto")
+
 
 class ThreadedServer:
-    """A Server running on a private loop in a daemon thread."""
+    """A Server running on a private loop in a daemon thread. ``loop=`` picks "uvloop" or "asyncio"."""
 
-    def __init__(self, app: Any, **options: Any) -> None:
+    def __init__(self, app: Any, loop: str = TEST_LOOP, **options: Any) -> None:
         options.setdefault("host", "127.0.0.1")
         options.setdefault("port", 0)
         options.setdefault("access_log", False)
         self.server = asyncwsgi.Server(app, **options)
-        self.loop = asyncio.new_event_loop()
+        self.loop_name, factory = loop_factory(loop)
+        self.loop = factory()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="test-server-loop", daemon=True)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ClientDisconnected, ProtocolError
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi.bridge import WriteFlow
-from ..wsgi.call import WSGICall
+from ..wsgi.call import SendfileDone, WSGICall
 from ..wsgi.environ import connection_environ
 from ..wsgi.input import BODY_HIGH_WATER, InputStream
 from .parser import RequestHead, RequestParser
@@ -69,7 +69,10 @@ class HTTPConnection(asyncio.Protocol):
         self._read_done = False  # no more requests will be read (close asked, protocol switched, client EOF)
         self._lost = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._sendfile_task: asyncio.Task[None] | None = None
         self.requests = 0
+        #: the loop and transport can send files zero-copy (stdlib loop, plain TCP/unix; not uvloop, not TLS)
+        self.can_sendfile = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------------------
 
@@ -85,6 +88,10 @@ class HTTPConnection(asyncio.Protocol):
             self.root_path,
             False,
             server.environ_extra,
+        )
+        self.can_sendfile = (
+            type(server.loop).sendfile is not asyncio.AbstractEventLoop.sendfile
+            and transport.get_extra_info("sslcontext") is None
         )
         server.connection_opened(self)
         self._arm_idle_timer()
@@ -259,7 +266,32 @@ class HTTPConnection(asyncio.Protocol):
         if self._current is call:
             self._current = None
             self._server.request_done()
+        if self._pending_error is not None and not self._lost and not call.headers_sent:
+            self._send_error(self._pending_error)  # the app failed reading a body we rejected: say why
+            return
         self._close()
+
+    def on_sendfile(self, msg: tuple[WSGICall, bytes, Any, int, int, SendfileDone]) -> None:
+        _, head, file, offset, count, done = msg
+        if self._lost or self._transport is None:
+            done.error = ClientDisconnected("client disconnected")
+            done.event.set()
+            return
+        if head:
+            self._write(head)
+        task = self._server.loop.create_task(self._sendfile(file, offset, count, done))
+        self._sendfile_task = task
+
+    async def _sendfile(self, file: Any, offset: int, count: int, done: SendfileDone) -> None:
+        transport = self._transport
+        try:
+            if count > 0 and transport is not None:
+                done.sent = await self._server.loop.sendfile(transport, file, offset, count, fallback=True)
+        except BaseException as exc:  # reported to the worker, which decides; CancelledError included
+            done.error = exc
+        finally:
+            self._sendfile_task = None
+            done.event.set()
 
     def _write(self, payload: bytes | list[bytes]) -> None:
         transport = self._transport
@@ -283,6 +315,9 @@ class HTTPConnection(asyncio.Protocol):
             exc.status,
         )
         self._read_done = True
+        parsing = self._parsing
+        if parsing is not None and parsing.input is not None:
+            parsing.input.abort(ClientDisconnected(f"malformed request body: {exc}"))
         if self._current is None:
             self._send_error(exc)
         else:

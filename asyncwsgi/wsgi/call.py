@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -61,6 +62,17 @@ _HOP_BY_HOP = frozenset(
 )
 _SMALL = 16 * 1024  # join head and body into one bytes object below this body size
 _EMPTY_INPUT = EmptyInput()
+
+
+class SendfileDone:
+    """Completion of a loop-side sendfile, waited for by the worker."""
+
+    __slots__ = ("error", "event", "sent")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
 
 
 class WSGICall:
@@ -256,8 +268,10 @@ class WSGICall:
                 if chunk:
                     self._send(chunk)
             return
-        if t is FileWrapper and self._try_sendfile(result):
-            return
+        if t is FileWrapper:
+            if self._try_sendfile(result):
+                return
+            self._declare_file_length(result)
         if result is None or isinstance(result, (str, bytes, bytearray)):
             raise TypeError(
                 f"the application returned {type(result).__name__}; it must return an iterable of bytes "
@@ -275,9 +289,40 @@ class WSGICall:
             raise RuntimeError("the application returned without calling start_response()")
         self._body_known = not self.headers_sent
 
+    def _declare_file_length(self, wrapper: FileWrapper) -> None:
+        """A regular file's length is known: send Content-Length rather than chunked framing."""
+        if self._content_length is None and not self.headers_sent and self._status is not None and not self._no_body:
+            span = wrapper.sendfile_span()
+            if span is not None:
+                self._content_length = span[1]
+                self._headers.append(("Content-Length", str(span[1])))
+
     def _try_sendfile(self, wrapper: FileWrapper) -> bool:
-        # Sendfile is an optimisation reserved for the loop; not implemented on every loop (uvloop lacks it).
-        return False
+        """Send a regular file with the loop's ``sendfile`` (zero-copy where the transport allows); False to fall
+        back to iterating the wrapper (uvloop and TLS transports have no sendfile; chunked framing needs copies)."""
+        if not self.conn.can_sendfile or self._no_body or self._chunked or self._status is None:
+            return False
+        span = wrapper.sendfile_span()
+        if span is None:
+            return False
+        offset, count = span
+        cl = self._content_length
+        if cl is not None:
+            count = min(count, cl - self._sent - self._held_len)
+        if self._held:
+            return False  # an earlier write() completed the body already; nothing to add
+        head = b""
+        if not self.headers_sent:
+            head = self._head(count if cl is None else None)  # the length is known: never chunked
+            self.headers_sent = True
+        done = SendfileDone()
+        self._flow.queued += len(head)
+        self._post(self.conn.on_sendfile, (self, head, wrapper.filelike, offset, count, done))
+        done.event.wait()
+        if done.error is not None:
+            raise ClientDisconnected(f"sendfile failed: {done.error}")
+        self._sent += done.sent
+        return True
 
     # -- framing -----------------------------------------------------------------------------------------------------
 
