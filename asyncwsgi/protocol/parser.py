@@ -81,6 +81,7 @@ class RequestParser:
         "_chunked",
         "_content_length",
         "_expect",
+        "_head_done",
         "_header_bytes",
         "_headers",
         "_hosts",
@@ -112,6 +113,7 @@ class RequestParser:
         self._chunked = False
         self._expect = False
         self._hosts = 0
+        self._head_done = False
         #: set once a request asked to switch protocols (Upgrade or CONNECT): the bytes after its head are not HTTP/1.1
         #: and are never parsed.
         self.upgraded = False
@@ -146,6 +148,7 @@ class RequestParser:
         self._chunked = False
         self._expect = False
         self._hosts = 0
+        self._head_done = False
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url if self._url else url
@@ -154,12 +157,21 @@ class RequestParser:
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            # A trailer field after a chunked body: counted against the limits, never passed to the app as a header
+            # (RFC 9110 section 6.5.1: trailers must not be merged into the header section by default).
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_bytes > self._limit_size:
+                raise ProtocolError("request trailer section too large", 431)
+            return
         headers = self._headers
         if len(headers) >= self._limit_fields:
             raise ProtocolError("too many header fields", 431)
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limit_size:
             raise ProtocolError("request header block too large", 431)
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
         headers.append((name, value))
         if len(name) in (4, 6, 14, 17):  # cheap filter before lower-casing
             lname = name.lower()
@@ -168,6 +180,14 @@ class RequestParser:
                     raise ProtocolError("invalid or repeated Content-Length")
                 self._content_length = int(value)
             elif lname == _TRANSFER_ENCODING:
+                # llhttp already refuses codings after chunked and chunked with Content-Length; we implement no
+                # coding but chunked, so anything else (gzip, chunked) is 501 (RFC 9112 section 6.1).
+                codings = value.lower().split(b",")
+                if codings[-1].strip(b" \t") != b"chunked":
+                    # RFC 9112 section 6.3: chunked not final -> the body length is unknowable: 400.
+                    raise ProtocolError("Transfer-Encoding without a final 'chunked'")
+                if len(codings) > 1:
+                    raise ProtocolError(f"unsupported transfer coding {value.decode('latin-1')!r}", 501)
                 self._chunked = True
             elif lname == _EXPECT:
                 if value.lower() != b"100-continue":
@@ -177,15 +197,24 @@ class RequestParser:
                 self._hosts += 1
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
         parser = self._parser
         version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(f"HTTP/{version} is not supported", 505)
+        method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise ProtocolError("CONNECT is not supported by a WSGI server", 501)
+        if self._chunked and version == "1.0":
+            # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means the framing is faulty.
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
         if version == "1.1" and self._hosts != 1:
             raise ProtocolError("HTTP/1.1 requests need exactly one Host header")
         if self._hosts > 1:
             raise ProtocolError("several Host headers")
         self._sink.on_head(
             RequestHead(
-                parser.get_method().decode("ascii"),
+                method,
                 self._url,
                 version,
                 self._headers,
