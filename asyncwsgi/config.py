@@ -85,6 +85,18 @@ class Config:
     timeout_keep_alive: float = _opt(
         5.0, "Close a kept-alive connection idle for this many seconds.", metavar="SECONDS"
     )
+    timeout_request_header: float = _opt(
+        10.0,
+        "Time a client has to send a whole request head, counted from the connection's start or from its first "
+        "byte after an idle keep-alive; then 408 and close (slow-client protection).",
+        metavar="SECONDS",
+    )
+    timeout_request_body: float = _opt(
+        30.0,
+        "Time the app waits for the next piece of a request body; then wsgi.input.read() raises an OSError and "
+        "the connection closes. 0 waits forever.",
+        metavar="SECONDS",
+    )
     timeout_graceful: float = _opt(
         30.0,
         "On shutdown, how long in-flight requests may run before their connections are cut.",
@@ -100,6 +112,23 @@ class Config:
     limit_request_fields: int = _opt(100, "Most header fields in a request; more: 431.", metavar="N")
     limit_request_headers_size: int = _opt(
         65536, "Largest request header block in bytes; larger: 431.", metavar="BYTES"
+    )
+    limit_request_body: int | None = _opt(
+        None,
+        "Largest request body in bytes; larger: 413, from Content-Length before the app runs, or mid-stream for "
+        "chunked bodies. Unlimited by default.",
+        metavar="BYTES",
+    )
+    limit_concurrency: int | None = _opt(
+        None,
+        "Most requests in the app at once; beyond it, answer 503 with Retry-After instead of queueing. "
+        "Unlimited by default (requests queue for a thread).",
+        metavar="N",
+    )
+    limit_connections: int | None = _opt(
+        None,
+        "Most open connections; beyond it, new connections wait in the listen backlog instead of being accepted.",
+        metavar="N",
     )
 
     # -- logging ---------------------------------------------------------------------------------------------------
@@ -117,11 +146,21 @@ class Config:
             raise bad(f"--threads must be at least 1, not {self.threads}")
         if self.backlog < 1:
             raise bad(f"--backlog must be at least 1, not {self.backlog}")
-        for name in ("timeout_keep_alive", "timeout_graceful", "thread_idle_timeout"):
+        for name in (
+            "timeout_keep_alive",
+            "timeout_graceful",
+            "thread_idle_timeout",
+            "timeout_request_header",
+            "timeout_request_body",
+        ):
             if getattr(self, name) < 0:
                 raise bad(f"--{name.replace('_', '-')} must not be negative")
         for name in ("limit_request_line", "limit_request_fields", "limit_request_headers_size"):
             if getattr(self, name) < 1:
+                raise bad(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("limit_request_body", "limit_concurrency", "limit_connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise bad(f"--{name.replace('_', '-')} must be at least 1")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise bad(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")

@@ -48,7 +48,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: LoopChannel | None = None
         self._pool: ThreadPool | None = None
-        self._listeners: list[tuple[ListenSpec, socket.socket, asyncio.Server]] = []
+        self._listeners: list[tuple[ListenSpec, socket.socket, asyncio.Server | None]] = []
         self._connections: set[HTTPConnection] = set()
         self._in_flight = 0
         self._all_closed: asyncio.Event | None = None
@@ -56,6 +56,11 @@ class Server:
         self._shutdown_task: asyncio.Task[int] | None = None
         self._deadline = 0.0
         self._wakeup = asyncio.Event()
+        self._accept_tasks: list[asyncio.Task[None]] = []
+        self._accepting = 0
+        self._room = asyncio.Event()
+        self._reaper: asyncio.TimerHandle | None = None
+        self._reap_interval = 1.0
         self.started = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -74,6 +79,11 @@ class Server:
         bound = bind_sockets(self.config)
         try:
             for spec, sock in bound:
+                if self.config.limit_connections is not None:
+                    # Our own accept loop, so that at the limit we stop accepting and clients wait in the backlog.
+                    self._accept_tasks.append(loop.create_task(self._accept_loop(sock)))
+                    self._listeners.append((spec, sock, None))
+                    continue
                 if sock.family == socket.AF_UNIX:
                     srv = await loop.create_unix_server(self._make_protocol, sock=sock, backlog=self.config.backlog)
                 else:
@@ -83,7 +93,42 @@ class Server:
             for _, sock in bound:
                 sock.close()
             raise
+        self._reap_interval = _reap_interval(self.config)
+        self._reaper = loop.call_later(self._reap_interval, self._reap)
         self.started = True
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = self.loop
+        limit = self.config.limit_connections
+        assert limit is not None
+        room = self._room
+        while True:
+            while len(self._connections) + self._accepting >= limit:
+                room.clear()
+                await room.wait()
+            try:
+                conn_sock, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if sock.fileno() < 0:
+                    return  # closed by shutdown
+                logger.warning("accept failed: %s", exc)
+                continue
+            self._accepting += 1
+            try:
+                await loop.connect_accepted_socket(self._make_protocol, conn_sock)
+            except OSError:
+                conn_sock.close()
+            finally:
+                self._accepting -= 1
+
+    def _reap(self) -> None:
+        """Every ``_reap_interval`` seconds: fire the deadlines of connections whose time is up (slow heads,
+        idle keep-alives). One periodic timer per server instead of timer handles per request."""
+        now = self.loop.time()
+        expired = [c for c in self._connections if 0.0 < c.deadline <= now]
+        for conn in expired:
+            conn.on_deadline()
+        self._reaper = self.loop.call_later(self._reap_interval, self._reap)
 
     async def __aenter__(self) -> Server:
         await self.start()
@@ -117,8 +162,13 @@ class Server:
 
     async def _shutdown(self) -> int:
         loop = self.loop
-        for _, _, srv in self._listeners:
-            srv.close()
+        for task in self._accept_tasks:
+            task.cancel()
+        for _, sock, srv in self._listeners:
+            if srv is not None:
+                srv.close()
+            else:
+                sock.close()
         for conn in list(self._connections):
             conn.shutdown()
         all_closed = self._all_closed
@@ -145,9 +195,12 @@ class Server:
                 conn.abort()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(all_closed.wait(), 1.0)
+        if self._reaper is not None:
+            self._reaper.cancel()
         for spec, _, srv in self._listeners:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
+            if srv is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(srv.wait_closed(), 1.0)
             if spec.kind == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(spec.path)
@@ -219,10 +272,17 @@ class Server:
 
     def connection_closed(self, conn: HTTPConnection, had_request: bool) -> None:
         self._connections.discard(conn)
+        self._room.set()
         if had_request:
             self._in_flight -= 1
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
+
+    @property
+    def overloaded(self) -> bool:
+        """At ``limit_concurrency``: new requests get 503 instead of a thread."""
+        limit = self.config.limit_concurrency
+        return limit is not None and self._in_flight >= limit
 
     def submit(self, call: WSGICall) -> None:
         self._in_flight += 1
@@ -231,6 +291,12 @@ class Server:
 
     def request_done(self) -> None:
         self._in_flight -= 1
+
+
+def _reap_interval(config: Config) -> float:
+    """A quarter of the shortest connection timeout, between 50 ms and 1 s."""
+    timeouts = [t for t in (config.timeout_keep_alive, config.timeout_request_header) if t > 0]
+    return min(1.0, max(0.05, min(timeouts, default=4.0) / 4))
 
 
 async def serve(app: WSGIApp, config: Config | None = None, **options: Any) -> None:

@@ -59,7 +59,9 @@ class HTTPConnection(asyncio.Protocol):
             config.limit_request_line,
             config.limit_request_fields,
             config.limit_request_headers_size,
+            config.limit_request_body,
         )
+        self._body_timeout = config.timeout_request_body or None
         self._flow = WriteFlow()
         self._current: WSGICall | None = None
         self._parsing: WSGICall | None = None
@@ -68,7 +70,10 @@ class HTTPConnection(asyncio.Protocol):
         self._read_paused = False
         self._read_done = False  # no more requests will be read (close asked, protocol switched, client EOF)
         self._lost = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+        #: ``loop.time()`` after which the server's reaper calls ``on_deadline``; 0 for none. While ``_idle`` it is the
+        #: keep-alive deadline, otherwise the deadline for the request head being received.
+        self.deadline = 0.0
+        self._idle = False
         self._sendfile_task: asyncio.Task[None] | None = None
         self.requests = 0
         #: the loop and transport can send files zero-copy (stdlib loop, plain TCP/unix; not uvloop, not TLS)
@@ -94,12 +99,12 @@ class HTTPConnection(asyncio.Protocol):
             and transport.get_extra_info("sslcontext") is None
         )
         server.connection_opened(self)
-        self._arm_idle_timer()
+        self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._idle:
+            self._idle = False  # the next request begins: it has timeout_request_header to arrive whole
+            self._arm_head_deadline()
         if self._read_done:
             return
         try:
@@ -123,9 +128,7 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._flow.close()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.deadline = 0.0
         gone = ClientDisconnected("client disconnected")
         for call in (self._current, *self._pipeline):
             if call is not None and call.input is not None:
@@ -145,9 +148,10 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_head(self, head: RequestHead) -> None:
         self.requests += 1
+        self.deadline = 0.0
         stream = None
         if head.has_body:
-            stream = InputStream(self._on_input_request_from_worker, head.expect_continue)
+            stream = InputStream(self._on_input_request_from_worker, head.expect_continue, self._body_timeout)
         call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
         self._parsing = call
         if not head.keep_alive or head.upgrade:
@@ -210,8 +214,20 @@ class HTTPConnection(asyncio.Protocol):
     # -- running calls -----------------------------------------------------------------------------------------------
 
     def _start(self, call: WSGICall) -> None:
+        server = self._server
+        if server.overloaded:
+            # Shed load rather than queue without bound; the body (if any) is unread, so the connection closes.
+            logger.warning(
+                "concurrency limit reached: answering 503 to %s %s",
+                call.head.method,
+                call.head.target.decode("latin-1"),
+            )
+            self._pipeline.clear()
+            self._read_done = True
+            self._send_error(ProtocolError("the server is at its concurrency limit", 503))
+            return
         self._current = call
-        self._server.submit(call)
+        server.submit(call)
 
     def _on_input_request_from_worker(self, what: str) -> None:
         # Worker thread: forward to the loop.
@@ -225,6 +241,9 @@ class HTTPConnection(asyncio.Protocol):
         if what == InputStream.WANT_CONTINUE:
             if call is not None and not call.headers_sent and self._transport is not None:
                 self._transport.write(CONTINUE)
+        elif what == InputStream.WANT_CLOSE:
+            # The body timed out: read no more; the connection closes once the app's response is done.
+            self._stop_reading()
         else:
             self._update_reading()
 
@@ -243,8 +262,8 @@ class HTTPConnection(asyncio.Protocol):
         self._current = None
         self._server.request_done()
         if call.input is not None and not call.input.complete:
-            if call.head.expect_continue and not call.input.received:
-                keep_alive = False
+            if (call.head.expect_continue and not call.input.received) or call.input.failed:
+                keep_alive = False  # the client may not send the body, or its body timed out: framing is lost
             call.input.discard()
         if not keep_alive or self.closing:
             self._close()
@@ -257,8 +276,11 @@ class HTTPConnection(asyncio.Protocol):
         elif self._read_done:
             self._close()
             return
+        elif self._parser.in_message:
+            self._arm_head_deadline()  # part of the next request's head is already here
         else:
-            self._arm_idle_timer()
+            self._idle = True
+            self.deadline = self._server.loop.time() + self._config.timeout_keep_alive
         if self._read_paused:
             self._update_reading()
 
@@ -331,25 +353,23 @@ class HTTPConnection(asyncio.Protocol):
             self._transport.write(error_response(exc.status, str(exc), server_header=self.server_header))
         self._close()
 
-    def _arm_idle_timer(self) -> None:
-        if self.closing:
-            self._close()
-            return
-        timeout = self._config.timeout_keep_alive
-        if timeout > 0 and self._transport is not None:
-            loop = self._server.loop
-            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+    def _arm_head_deadline(self) -> None:
+        timeout = self._config.timeout_request_header
+        self.deadline = self._server.loop.time() + timeout if timeout > 0 else 0.0
 
-    def _on_idle_timeout(self) -> None:
-        self._idle_timer = None
-        if self._current is None and not self._pipeline:
-            self._close()
+    def on_deadline(self) -> None:
+        """Called by the server's reaper when ``deadline`` has passed."""
+        self.deadline = 0.0
+        if self._idle:
+            self._close()  # keep-alive timeout: no answer owed
+        elif self._current is None and not self._pipeline:
+            logger.info("request head not received in time from %s", self.environ_base.get("REMOTE_ADDR") or "client")
+            self._read_done = True
+            self._send_error(ProtocolError("the request head was not received in time", 408))
 
     def _close(self) -> None:
         self.closing = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.deadline = 0.0
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
@@ -357,6 +377,7 @@ class HTTPConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
+        """No request is in flight or queued (a partial request head may be arriving)."""
         return self._current is None and not self._pipeline
 
     def shutdown(self) -> None:

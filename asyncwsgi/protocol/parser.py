@@ -78,6 +78,7 @@ class RequestParser:
     """Wraps ``httptools.HttpRequestParser``; enforces the request-line and header limits as bytes arrive."""
 
     __slots__ = (
+        "_body_bytes",
         "_chunked",
         "_content_length",
         "_expect",
@@ -85,12 +86,14 @@ class RequestParser:
         "_header_bytes",
         "_headers",
         "_hosts",
+        "_limit_body",
         "_limit_fields",
         "_limit_line",
         "_limit_size",
         "_parser",
         "_sink",
         "_url",
+        "in_message",
         "upgraded",
     )
 
@@ -100,8 +103,13 @@ class RequestParser:
         limit_line: int = 8190,
         limit_fields: int = 100,
         limit_size: int = 65536,
+        limit_body: int | None = None,
     ) -> None:
         self._sink = sink
+        self._limit_body = limit_body
+        self._body_bytes = 0
+        #: a request has begun and not ended (its head or body is partly received)
+        self.in_message = False
         self._limit_line = limit_line
         self._limit_fields = limit_fields
         self._limit_size = limit_size
@@ -141,6 +149,8 @@ class RequestParser:
     # -- httptools callbacks (called from inside feed) ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_message = True
+        self._body_bytes = 0
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -212,6 +222,9 @@ class RequestParser:
             raise ProtocolError("HTTP/1.1 requests need exactly one Host header")
         if self._hosts > 1:
             raise ProtocolError("several Host headers")
+        limit = self._limit_body
+        if limit is not None and self._content_length is not None and self._content_length > limit:
+            raise ProtocolError(f"request body larger than {limit} bytes", 413)
         self._sink.on_head(
             RequestHead(
                 method,
@@ -227,7 +240,13 @@ class RequestParser:
         )
 
     def on_body(self, body: bytes) -> None:
+        limit = self._limit_body
+        if limit is not None:
+            self._body_bytes += len(body)
+            if self._body_bytes > limit:
+                raise ProtocolError(f"request body larger than {limit} bytes", 413)
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         self._sink.on_end()

@@ -31,6 +31,7 @@ class InputStream:
     # loop->worker signals for request_loop
     WANT_CONTINUE = "continue"
     WANT_MORE = "more"
+    WANT_CLOSE = "close"
 
     def __init__(
         self,
@@ -61,6 +62,11 @@ class InputStream:
     @property
     def complete(self) -> bool:
         return self._eof
+
+    @property
+    def failed(self) -> bool:
+        """The body broke off (client gone, malformed, timed out); the connection's framing cannot be trusted."""
+        return self._error is not None and self._error is not _DISCARDED
 
     def feed(self, data: bytes) -> None:
         with self._cond:
@@ -119,7 +125,9 @@ class InputStream:
                 self._resume_asked = True
                 self._request_loop(self.WANT_MORE)
             if not self._cond.wait(self._timeout):
-                raise RequestBodyTimeout("timed out waiting for the request body")
+                self._error = RequestBodyTimeout(f"no request body data for {self._timeout}s")
+                self._request_loop(self.WANT_CLOSE)
+                raise self._error
 
     def _take(self, n: int) -> bytes:
         buf = self._buf
