@@ -167,8 +167,8 @@ class Server:
         for _, sock, srv in self._listeners:
             if srv is not None:
                 srv.close()
-            else:
-                sock.close()
+            # uvloop serves a duplicate of the descriptor: close ours too, or the kernel keeps queueing connections
+            sock.close()
         for conn in list(self._connections):
             conn.shutdown()
         all_closed = self._all_closed

@@ -105,15 +105,13 @@ class HTTPConnection(asyncio.Protocol):
         if self._idle:
             self._idle = False  # the next request begins: it has timeout_request_header to arrive whole
             self._arm_head_deadline()
-        if self._read_done:
-            return
+        if self._read_done and self._parsing is None:
+            return  # no more requests are read; only the body of one being received still is
         try:
             self._parser.feed(data)
         except ProtocolError as exc:
             self._reject(exc)
             return
-        if self._parser.upgraded:
-            self._stop_reading()
         if self._read_paused is not self._should_pause():
             self._update_reading()
 
@@ -147,6 +145,8 @@ class HTTPConnection(asyncio.Protocol):
     # -- parser sink -------------------------------------------------------------------------------------------------
 
     def on_head(self, head: RequestHead) -> None:
+        if self._read_done:
+            return  # a request after the last one we meant to read (its body, if any, goes nowhere)
         self.requests += 1
         self.deadline = 0.0
         stream = None
@@ -154,7 +154,7 @@ class HTTPConnection(asyncio.Protocol):
             stream = InputStream(self._on_input_request_from_worker, head.expect_continue, self._body_timeout)
         call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
         self._parsing = call
-        if not head.keep_alive or head.upgrade:
+        if not head.keep_alive:
             self._read_done = True
         if self._current is None:
             self._start(call)
@@ -182,7 +182,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _should_pause(self) -> bool:
         return (
-            self._read_done
+            (self._read_done and self._parsing is None)
             or self._pending_error is not None
             or len(self._pipeline) >= MAX_PIPELINE
             or self._body_full() is not None
@@ -385,6 +385,8 @@ class HTTPConnection(asyncio.Protocol):
         self.closing = True
         self._pipeline.clear()
         self._read_done = True
+        if self._parsing is not self._current:
+            self._parsing = None  # a queued request's body: not needed any more
         if self._current is None:
             self._close()
         else:

@@ -81,7 +81,9 @@ class RequestParser:
         "_body_bytes",
         "_chunked",
         "_content_length",
+        "_ended_in_feed",
         "_expect",
+        "_head",
         "_head_done",
         "_header_bytes",
         "_headers",
@@ -91,10 +93,12 @@ class RequestParser:
         "_limit_line",
         "_limit_size",
         "_parser",
+        "_partial_head",
+        "_replaying",
         "_sink",
+        "_upgrading",
         "_url",
         "in_message",
-        "upgraded",
     )
 
     def __init__(
@@ -122,18 +126,20 @@ class RequestParser:
         self._expect = False
         self._hosts = 0
         self._head_done = False
-        #: set once a request asked to switch protocols (Upgrade or CONNECT): the bytes after its head are not HTTP/1.1
-        #: and are never parsed.
-        self.upgraded = False
+        self._partial_head = 0
+        self._ended_in_feed = False
+        self._head: RequestHead | None = None
+        self._upgrading = False
+        self._replaying = False
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
-        if self.upgraded:
-            return
+        head_in_progress = self.in_message and not self._head_done
+        self._ended_in_feed = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.upgraded = True
+        except httptools.HttpParserUpgrade as exc:
+            self._resume_after_upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolError):
@@ -145,11 +151,39 @@ class RequestParser:
             raise ProtocolError("invalid request target") from None
         except httptools.HttpParserError as exc:
             raise ProtocolError(f"malformed request: {exc}") from None
+        if self.in_message and not self._head_done:
+            # llhttp keeps a header line it has not finished in its own buffer, out of on_header's sight: bound the
+            # unfinished head here. When another request ended earlier in this same feed, where this head began is
+            # unknown, so it is counted from the next feed on (at most one socket read of slack).
+            if head_in_progress or not self._ended_in_feed:
+                self._partial_head += len(data)
+            if self._partial_head > self._limit_size + len(self._url) + 32:  # 32: method, version, separators
+                raise ProtocolError("request header block too large", 431)
+
+    def _resume_after_upgrade(self, rest: bytes) -> None:
+        """llhttp stops at the end of a request that asks to switch protocols. A WSGI server never switches, so the
+        request is an ordinary one (RFC 9110 section 7.8: the server may ignore Upgrade): its head is replayed into
+        a fresh parser without the Upgrade field, and its body and any later requests are parsed as usual."""
+        head = self._head
+        if head is None:
+            raise ProtocolError("upgrade without a request head")
+        lines = [b"%s %s HTTP/%s\r\n" % (head.method.encode("ascii"), head.target, head.version.encode("ascii"))]
+        lines += [b"%s: %s\r\n" % (n, v) for n, v in head.headers if n.lower() != b"upgrade"]
+        lines.append(b"\r\n")
+        self._parser = httptools.HttpRequestParser(self)
+        self._replaying = True
+        try:
+            self._parser.feed_data(b"".join(lines))
+        finally:
+            self._replaying = False
+        if rest:
+            self.feed(rest)
 
     # -- httptools callbacks (called from inside feed) ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self._partial_head = 0
         self._body_bytes = 0
         self._url = b""
         self._headers = []
@@ -208,6 +242,9 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         self._head_done = True
+        self._partial_head = 0
+        if self._replaying:
+            return  # the head was delivered before the upgrade pause; only the parser's state is rebuilt
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -225,19 +262,19 @@ class RequestParser:
         limit = self._limit_body
         if limit is not None and self._content_length is not None and self._content_length > limit:
             raise ProtocolError(f"request body larger than {limit} bytes", 413)
-        self._sink.on_head(
-            RequestHead(
-                method,
-                self._url,
-                version,
-                self._headers,
-                parser.should_keep_alive(),
-                self._content_length,
-                self._chunked,
-                self._expect and version == "1.1",
-                parser.should_upgrade(),
-            )
+        self._upgrading = parser.should_upgrade()
+        self._head = head = RequestHead(
+            method,
+            self._url,
+            version,
+            self._headers,
+            parser.should_keep_alive(),
+            self._content_length,
+            self._chunked,
+            self._expect and version == "1.1",
+            self._upgrading,
         )
+        self._sink.on_head(head)
 
     def on_body(self, body: bytes) -> None:
         limit = self._limit_body
@@ -248,5 +285,10 @@ class RequestParser:
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._upgrading:
+            # llhttp ends an upgrade request at its head; the replayed parser delivers its real end.
+            self._upgrading = False
+            return
         self.in_message = False
+        self._ended_in_feed = True
         self._sink.on_end()

@@ -64,6 +64,13 @@ _SMALL = 16 * 1024  # join head and body into one bytes object below this body s
 _EMPTY_INPUT = EmptyInput()
 
 
+def _check_latin1(what: str, text: str) -> None:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"the response {what} has characters outside latin-1 (PEP 3333): {text!r}") from None
+
+
 class SendfileDone:
     """Completion of a loop-side sendfile, waited for by the worker."""
 
@@ -88,7 +95,6 @@ class WSGICall:
         "_has_server",
         "_headers",
         "_held",
-        "_held_len",
         "_keep_alive",
         "_no_body",
         "_post",
@@ -127,7 +133,6 @@ class WSGICall:
         self._chunked = False
         self._no_body = head.method == "HEAD"
         self._held: list[bytes] = []
-        self._held_len = 0
         self._body_known = False
         self._sent = 0
         self._started = 0.0
@@ -186,7 +191,6 @@ class WSGICall:
                 exc_info = None
             # Nothing went out yet: the new status and headers replace the old, and so does the body.
             self._held = []
-            self._held_len = 0
             self._body_known = False
         elif self._status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
@@ -195,6 +199,8 @@ class WSGICall:
             raise TypeError(f"status must be a str, not {type(status).__name__}")
         if not _STATUS_RE.match(status):
             raise ValueError(f"invalid status line {status!r}: expected e.g. '200 OK', without control characters")
+        if not status.isascii():
+            _check_latin1("status", status)
         if not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         content_length = None
@@ -211,6 +217,8 @@ class WSGICall:
                 raise ValueError(f"invalid response header name {name!r}")
             if _BAD_VALUE_RE.search(value):
                 raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
+            if not value.isascii():
+                _check_latin1(f"header {name!r}", value)
             lname = name.lower()
             if lname in _HOP_BY_HOP:
                 if lname == "connection" and value.strip().lower() == "close":
@@ -262,7 +270,6 @@ class WSGICall:
             if not self.headers_sent:
                 self._body_known = True
                 self._held.extend(c for c in result if c)
-                self._held_len = sum(map(len, self._held))
                 return
             for chunk in result:
                 if chunk:
@@ -308,9 +315,7 @@ class WSGICall:
         offset, count = span
         cl = self._content_length
         if cl is not None:
-            count = min(count, cl - self._sent - self._held_len)
-        if self._held:
-            return False  # an earlier write() completed the body already; nothing to add
+            count = max(0, min(count, cl - self._sent))
         head = b""
         if not self.headers_sent:
             head = self._head(count if cl is None else None)  # the length is known: never chunked
@@ -361,19 +366,14 @@ class WSGICall:
         flow = self._flow
         if flow.closed:
             raise ClientDisconnected("client disconnected")
+        if self._status is None:
+            raise RuntimeError("the application produced body data before calling start_response()")
         cl = self._content_length
-        if cl is not None:
-            remaining = cl - self._sent - self._held_len
-            if len(data) >= remaining:
-                if len(data) > remaining:
-                    self._warn_extra()
-                    if remaining <= 0:
-                        return
-                    data = data[:remaining]
-                # This chunk completes the declared body: hold it and send it with the end of the response.
-                self._held.append(data)
-                self._held_len += len(data)
+        if cl is not None and len(data) > cl - self._sent:
+            self._warn_extra()
+            if self._sent >= cl:
                 return
+            data = data[: cl - self._sent]
         payload: bytes | list[bytes]
         if self._no_body:
             if self.headers_sent:

@@ -138,4 +138,16 @@ def request_environ(base: dict[str, Any], head: RequestHead, root_path: str, wsg
             env[key] = val
     if host is not None:
         env["HTTP_HOST"] = host.decode("latin-1")
+    if not env["SERVER_PORT"]:
+        _server_from_host(env)
     return env
+
+
+def _server_from_host(env: dict[str, Any]) -> None:
+    """A unix socket has no name or port; PEP 3333 wants both non-empty: take them from Host, as a client sees us."""
+    host = env.get("HTTP_HOST", "")
+    name, sep, port = host.rpartition(":")
+    if not sep or not port.isdigit():
+        name, port = host, ""
+    env["SERVER_NAME"] = name or "localhost"
+    env["SERVER_PORT"] = port or ("443" if env["wsgi.url_scheme"] == "https" else "80")

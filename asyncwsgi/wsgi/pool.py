@@ -96,9 +96,13 @@ class ThreadPool:
                 try:
                     job = get(timeout=self._idle_timeout)
                 except queue.Empty:
-                    # Stop only if our idle token is still ours; if submit took it, a job is on its way to us.
-                    if self._idle.acquire(blocking=False):
-                        return
+                    # Stop only if our idle token is still ours (if submit took it, a job is on its way to us), and
+                    # leave the thread count in the same locked step, so a submit racing with us sees either our
+                    # token or our absence, and starts a thread in the latter case.
+                    with self._lock:
+                        if self._idle.acquire(blocking=False):
+                            self._threads.discard(me)
+                            return
                     continue
                 if job is None:
                     return
