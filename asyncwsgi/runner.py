@@ -61,32 +61,22 @@ def run(app: Any, config: Config) -> int:
 async def _main(app: Any, config: Config, loop_name: str) -> int:
     loop = asyncio.get_running_loop()
     server = Server(app, config)
-    await server.start()
-    for addr in server.addresses:
-        where = (
-            f"unix:{addr}"
-            if isinstance(addr, str)
-            else (f"http://[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"http://{addr[0]}:{addr[1]}")
-        )
-        logger.info("listening on %s", where)
-    logger.info("loop %s, up to %d worker threads, pid %d", loop_name, config.threads, os.getpid())
-
     stop = asyncio.Event()
+    forced: list[asyncio.Future[int]] = []
     signals_seen = 0
-    shutdown: asyncio.Future[int] | None = None
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
         signals_seen += 1
         name = signal.Signals(signum).name
         if signals_seen == 1:
-            logger.info("received %s: shutting down gracefully (up to %.0fs)", name, config.timeout_graceful)
+            logger.info("received %s: shutting down gracefully (up to %gs)", name, config.timeout_graceful)
             stop.set()
         else:
             logger.warning("received %s again: cutting in-flight requests now", name)
             forced.append(asyncio.ensure_future(server.shutdown(0)))
 
-    forced: list[asyncio.Future[int]] = []
+    # Handlers first: a supervisor may signal as soon as we say we listen, and that must already be graceful.
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -95,9 +85,12 @@ async def _main(app: Any, config: Config, loop_name: str) -> int:
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
     try:
+        await server.start()
+        for addr in server.addresses:
+            logger.info("listening on %s", _describe(addr))
+        logger.info("loop %s, up to %d worker threads, pid %d", loop_name, config.threads, os.getpid())
         await stop.wait()
-        shutdown = asyncio.ensure_future(server.shutdown(config.timeout_graceful))
-        cut = await shutdown
+        cut = await server.shutdown(config.timeout_graceful)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -106,3 +99,10 @@ async def _main(app: Any, config: Config, loop_name: str) -> int:
         return 1
     logger.info("shutdown complete")
     return 0
+
+
+def _describe(addr: Any) -> str:
+    if isinstance(addr, str):
+        return f"unix:{addr}"
+    host, port = addr[0], addr[1]
+    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"

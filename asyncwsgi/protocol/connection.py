@@ -117,9 +117,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client half-closed. Keep the transport open only to finish a response whose request is complete.
-        call = self._current
-        if call is not None and self._parsing is None and not self._pipeline:
-            self._read_done = True
+        if self._current is not None and self._parsing is None:
+            self._read_done = True  # answer what was asked (pipelined requests too), then close
             return True
         return False
 
