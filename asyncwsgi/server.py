@@ -60,6 +60,7 @@ class Server:
         self._accepting = 0
         self._room = asyncio.Event()
         self._reaper: asyncio.TimerHandle | None = None
+        self._addresses: list[Any] = []
         self._reap_interval = 1.0
         self.started = False
 
@@ -93,6 +94,7 @@ class Server:
             for _, sock in bound:
                 sock.close()
             raise
+        self._addresses = [_sockname(sock) for _, sock, _ in self._listeners]
         self._reap_interval = _reap_interval(self.config)
         self._reaper = loop.call_later(self._reap_interval, self._reap)
         self.started = True
@@ -214,20 +216,16 @@ class Server:
 
     @property
     def addresses(self) -> list[Any]:
-        """Every bound address: ``(host, port)`` for TCP, the path (str) for unix sockets."""
-        out: list[Any] = []
-        for _, sock, _ in self._listeners:
-            name = sock.getsockname()
-            out.append(tuple(name[:2]) if isinstance(name, tuple) else name)
-        return out
+        """Every bound address: ``(host, port)`` for TCP, the path (str) for unix sockets. Raises ``RuntimeError``
+        when the server is not listening (not started, or shutting down)."""
+        if not self.started or self._shutdown_task is not None:
+            raise RuntimeError("the server is not listening")
+        return list(self._addresses)
 
     @property
     def address(self) -> Any:
         """The first bound address: ``(host, port)`` for TCP, the socket path for unix sockets."""
-        addrs = self.addresses
-        if not addrs:
-            raise RuntimeError("the server is not listening")
-        return addrs[0]
+        return self.addresses[0]
 
     @property
     def connections(self) -> int:
@@ -291,6 +289,11 @@ class Server:
 
     def request_done(self) -> None:
         self._in_flight -= 1
+
+
+def _sockname(sock: socket.socket) -> Any:
+    name = sock.getsockname()
+    return tuple(name[:2]) if isinstance(name, tuple) else name
 
 
 def _reap_interval(config: Config) -> float:

@@ -12,6 +12,10 @@ __all__ = ["FileWrapper"]
 
 
 class FileWrapper:
+    """Iterates ``filelike`` in ``blksize`` blocks. It is its own iterator and exposes ``seekable``/``seek``/``tell``
+    (as werkzeug's wrapper does), so middleware that serves byte ranges from it (Flask's ``send_file``) can seek the
+    file and close it through us."""
+
     def __init__(self, filelike: Any, blksize: int = 64 * 1024) -> None:
         self.filelike = filelike
         self.blksize = blksize
@@ -19,12 +23,23 @@ class FileWrapper:
             self.close = filelike.close
 
     def __iter__(self) -> Iterator[bytes]:
-        read = self.filelike.read
-        while True:
-            data = read(self.blksize)
-            if not data:
-                return
-            yield data
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if not data:
+            raise StopIteration
+        return bytes(data)
+
+    def seekable(self) -> bool:
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable()) if seekable is not None else hasattr(self.filelike, "seek")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.filelike.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.filelike.tell())
 
     def sendfile_span(self) -> tuple[int, int] | None:
         """``(offset, count)`` still to send if this wraps a regular file on disk, else None."""
