@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 import asyncwsgi
 from asyncwsgi.runner import loop_factory
@@ -113,7 +114,7 @@ def server() -> Iterator[Callable[..., ThreadedServer]]:
         s.stop()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def aserver() -> AsyncIterator[Callable[..., Any]]:
     servers: list[asyncwsgi.Server] = []
 
