@@ -83,7 +83,9 @@ class Config:
 
     # -- time limits -----------------------------------------------------------------------------------------------
     timeout_keep_alive: float = _opt(
-        5.0, "Close a kept-alive connection idle for this many seconds.", metavar="SECONDS"
+        5.0,
+        "Close a kept-alive connection idle for this many seconds; 0 closes after every response.",
+        metavar="SECONDS",
     )
     timeout_request_header: float = _opt(
         10.0,

@@ -62,6 +62,7 @@ class HTTPConnection(asyncio.Protocol):
             config.limit_request_body,
         )
         self._body_timeout = config.timeout_request_body or None
+        self._keep_alive_allowed = config.timeout_keep_alive > 0
         self._flow = WriteFlow()
         self._current: WSGICall | None = None
         self._parsing: WSGICall | None = None
@@ -153,6 +154,8 @@ class HTTPConnection(asyncio.Protocol):
             stream = InputStream(self._on_input_request_from_worker, head.expect_continue, self._body_timeout)
         call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
         self._parsing = call
+        if not self._keep_alive_allowed:
+            head.keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if not head.keep_alive:
             self._read_done = True
         if self._current is None:
