@@ -1,0 +1,582 @@
+"""Side-by-side benchmark of asyncwsgi and its peers: ``python benchmarks/run.py [--quick] [--servers a,b] [--cases x,y]``.
+
+Every server runs as one process pinned to CPU 0 and serves the same apps (``benchmarks/apps.py``) on loopback; wrk,
+pinned to CPU 1, drives it. Servers alternate A B C A B C over several rounds and the median of the rounds is
+reported per server and case: requests/s, p50 and p99 latency, errors, and peak RSS of the server's process tree.
+Results go to ``benchmarks/results/`` as ``latest.md``, ``latest.json`` and ``latest.png``.
+
+Peers come from the optional ``[bench]`` extra (gunicorn, waitress, uvicorn + a2wsgi, granian, hypercorn); a peer
+that is not installed is skipped with a note. wrk comes from the system (Debian: ``apt-get install wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PY = sys.executable
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+THREADS = 64  # for servers whose thread count is a setting; named in the table
+KEEP_ALIVE = 300  # seconds: idle connections must stay open during a run, whatever the server's default
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: str
+    connections: int = 64
+    app: str = "app"  # "app" (the router) or "flask"
+    post_bytes: int = 0
+    idle: int = 0  # idle keep-alive connections held open during the run
+    note: str = ""
+
+
+CASES = [
+    Case("hello", "/hello", note="13-byte body with Content-Length"),
+    Case("16k", "/16k", note="16 KiB body"),
+    Case("stream-1m", "/stream", connections=16, note="1 MiB streamed without Content-Length"),
+    Case("post-64k", "/post", post_bytes=65536, note="64 KiB POST read fully"),
+    Case("flask-json", "/json", app="flask", note="Flask JSON route"),
+    Case("sleep-20ms", "/sleep", connections=256, note="app sleeps 20 ms (thread-bound), 256 connections"),
+    Case("idle-5000", "/hello", idle=5000, note="/hello with 5,000 idle keep-alive connections open"),
+]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    module: str  # the import that must succeed for this server to run
+    command: Callable[[str, int], list[str]]
+    threads: str
+    pure_python: bool
+    only_cases: tuple[str, ...] = ()
+
+
+def _target(app: str, asgi: bool = False) -> str:
+    if asgi:
+        return "benchmarks.apps:asgi_flask" if app == "flask" else "benchmarks.apps:asgi"
+    return f"benchmarks.apps:{app}"
+
+
+SERVERS = [
+    ServerSpec(
+        "asyncwsgi",
+        "asyncwsgi",
+        lambda app, port: [
+            PY,
+            "-m",
+            "asyncwsgi",
+            "serve",
+            _target(app),
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE),
+        ],
+        "default (elastic)",
+        True,
+    ),
+    ServerSpec(
+        "gunicorn",
+        "gunicorn",
+        lambda app, port: [
+            PY,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gthread",
+            "-w",
+            "1",
+            "--threads",
+            str(THREADS),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            "--keep-alive",
+            str(KEEP_ALIVE),
+            "--worker-connections",
+            "10000",
+            _target(app),
+        ],
+        f"gthread, {THREADS} threads",
+        True,
+    ),
+    ServerSpec(
+        "waitress",
+        "waitress",
+        lambda app, port: [
+            PY,
+            "-m",
+            "waitress",
+            f"--threads={THREADS}",
+            f"--listen=127.0.0.1:{port}",
+            "--backlog=4096",
+            "--connection-limit=10000",
+            f"--channel-timeout={KEEP_ALIVE}",
+            _target(app),
+        ],
+        f"{THREADS} threads",
+        True,
+    ),
+    ServerSpec(
+        "uvicorn+a2wsgi",
+        "a2wsgi",
+        lambda app, port: [
+            PY,
+            "-m",
+            "uvicorn",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--backlog",
+            "4096",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE),
+            _target(app, asgi=True),
+        ],
+        "a2wsgi, 64 threads",
+        True,
+    ),
+    ServerSpec(
+        "hypercorn",
+        "hypercorn",
+        lambda app, port: [
+            PY,
+            "-m",
+            "hypercorn",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            "--keep-alive",
+            str(KEEP_ALIVE),
+            _target(app),
+        ],
+        "native WSGI",
+        True,
+    ),
+    ServerSpec(
+        "granian",
+        "granian",
+        lambda app, port: [
+            PY,
+            "-m",
+            "granian",
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--blocking-threads",
+            str(THREADS),
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            _target(app),
+        ],
+        f"Rust core, {THREADS} blocking threads",
+        False,
+    ),
+    ServerSpec(
+        "ceiling",
+        "uvloop",
+        lambda app, port: [PY, str(ROOT / "benchmarks" / "ceiling.py"), str(port)],
+        "bare uvloop + httptools, no WSGI",
+        False,
+        only_cases=("hello", "idle-5000"),
+    ),
+]
+
+
+@dataclass
+class Result:
+    server: str
+    case: str
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    peak_rss_mib: float = 0.0
+    idle_rss_per_conn_kib: float | None = None
+    note: str = ""
+    rounds: list[float] = field(default_factory=list)
+
+
+# -- processes -----------------------------------------------------------------------------------------------------
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 65536
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(target, 65536)), hard))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its descendants (gunicorn and granian run the app in a child process)."""
+    total = 0
+    pids = [pid]
+    seen = set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            m = re.search(r"VmRSS:\s+(\d+)", status)
+            total += int(m.group(1)) if m else 0
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids.extend(int(c) for c in children)
+        except OSError:
+            continue
+    return total
+
+
+def _get(port: int, path: str = "/hello", timeout: float = 1.0) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        data = s.recv(64)
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
+    return int(m.group(1)) if m else 0
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, case: Case) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = _free_port()
+    cmd = ["taskset", "-c", SERVER_CPU, *spec.command(case.app, port)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log, preexec_fn=_raise_fd_limit)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # readiness: the server answers a request (bounded by the deadline)
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"{spec.name} exited: {log.read()[-2000:].decode(errors='replace')}")
+            try:
+                if _get(port, case.path if not case.post_bytes else "/hello") in (200, 405):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{spec.name} did not answer within 30 s")
+            time.sleep(0.1)
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+# -- load ------------------------------------------------------------------------------------------------------------
+
+
+def _wrk(port: int, case: Case, duration: float, script: Path | None) -> dict[str, float]:
+    cmd = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        "wrk",
+        "-t1",
+        f"-c{case.connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(f"http://127.0.0.1:{port}{case.path}")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return 0.0
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(x) for x in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+
+
+def _open_idle(port: int, n: int) -> list[socket.socket]:
+    """``n`` keep-alive connections that each made one request and then sit idle (bounded: n sockets)."""
+    socks = []
+    request = b"GET /hello HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(request)
+        socks.append(s)
+    for s in socks:
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"Hello, World!"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return socks
+
+
+def _sample_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
+    while not stop.wait(0.2):
+        out.append(_tree_rss_kib(pid))
+
+
+def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None) -> Result:
+    result = Result(spec.name, case.name)
+    with running(spec, case) as (proc, port):
+        _wrk(port, Case(case.name, case.path, min(case.connections, 16), case.app, case.post_bytes), 1.0, script)
+        idle: list[socket.socket] = []
+        try:
+            if case.idle:
+                before = _tree_rss_kib(proc.pid)
+                idle = _open_idle(port, case.idle)
+                after = _tree_rss_kib(proc.pid)
+                result.idle_rss_per_conn_kib = round((after - before) / case.idle, 2)
+            samples: list[int] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=_sample_peak, args=(proc.pid, stop, samples), daemon=True)
+            sampler.start()
+            stats = _wrk(port, case, duration, script)
+            stop.set()
+            sampler.join()
+            samples.append(_tree_rss_kib(proc.pid))
+            if case.idle:
+                alive = sum(1 for s in idle if _still_open(s))
+                if alive < case.idle:
+                    result.note = f"{case.idle - alive} idle connections closed by the server"
+        finally:
+            for s in idle:
+                s.close()
+    result.rps = stats["rps"]
+    result.p50_ms = stats["p50"]
+    result.p99_ms = stats["p99"]
+    result.errors = int(stats["errors"])
+    result.peak_rss_mib = round(max(samples) / 1024, 1)
+    return result
+
+
+def _still_open(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+# -- report ----------------------------------------------------------------------------------------------------------
+
+
+def _median_result(results: list[Result]) -> Result:
+    by_rps = sorted(results, key=lambda r: r.rps)
+    mid = by_rps[len(by_rps) // 2]
+    mid.rounds = [round(r.rps) for r in results]
+    return mid
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def report(
+    results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases: list[Case], meta: dict[str, str]
+) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"{meta['date']} on {meta['machine']}. One server process pinned to CPU {SERVER_CPU}, wrk pinned to CPU "
+        f"{LOAD_CPU}; median of {meta['rounds']} rounds of {meta['duration']} s, servers alternated each round. "
+        "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's.",
+        "",
+    ]
+    for case in cases:
+        rows = [(s, results[case.name].get(s.name)) for s in specs]
+        rows = [(s, r) for s, r in rows if r is not None]
+        if not rows:
+            continue
+        ours = results[case.name].get("asyncwsgi")
+        lines += [f"## {case.name}: {case.note} ({case.connections} connections)", ""]
+        header = "| server | threads | req/s | x asyncwsgi | p50 ms | p99 ms | errors | peak RSS MiB |"
+        sep = "|---|---|---:|---:|---:|---:|---:|---:|"
+        if case.idle:
+            header += " RSS KiB per idle conn |"
+            sep += "---:|"
+        lines += [header, sep]
+        for spec, r in rows:
+            ratio = f"{ours.rps / r.rps:.2f}" if ours and r.rps else "-"
+            row = (
+                f"| {spec.name} | {spec.threads} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                f"{r.errors} | {r.peak_rss_mib} |"
+            )
+            if case.idle:
+                row += f" {r.idle_rss_per_conn_kib} |"
+            lines.append(row)
+        notes = [f"{spec.name}: {r.note}" for spec, r in rows if r.note]
+        if notes:
+            lines += ["", "Notes: " + "; ".join(notes) + "."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases: list[Case], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    shown = [c for c in cases if results.get(c.name)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 4.2), squeeze=False)
+    for ax, case in zip(axes[0], shown, strict=True):
+        names = [s.name for s in specs if s.name in results[case.name]]
+        values = [results[case.name][n].rps for n in names]
+        colors = ["#d62728" if n == "asyncwsgi" else "#7f7f7f" if n == "ceiling" else "#1f77b4" for n in names]
+        ax.bar(range(len(names)), values, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(case.name, fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][0].set_ylabel("requests/s (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", help="comma-separated subset of: " + ", ".join(s.name for s in SERVERS))
+    parser.add_argument("--cases", help="comma-separated subset of: " + ", ".join(c.name for c in CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke run, not a measurement)")
+    parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("benchmarks need wrk and taskset on PATH (Debian: apt-get install wrk util-linux)", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("benchmarks need 2 CPUs: one for the server, one for wrk", file=sys.stderr)
+        return 2
+    rounds, duration = (1, 2.0) if args.quick else (args.rounds, args.duration)
+    specs = [s for s in SERVERS if not args.servers or s.name in args.servers.split(",")]
+    cases = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
+    missing = [s.name for s in specs if importlib.util.find_spec(s.module) is None]
+    if missing:
+        print(f"skipping (not installed; pip install -e '.[bench]'): {', '.join(missing)}", file=sys.stderr)
+    specs = [s for s in specs if s.name not in missing]
+    _raise_fd_limit()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, dict[str, list[Result]]] = {c.name: {} for c in cases}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            for case in cases:
+                script = None
+                if case.post_bytes:
+                    script = Path(tmp) / "post.lua"
+                    script.write_text(
+                        f'wrk.method = "POST"\nwrk.body = string.rep("a", {case.post_bytes})\n'
+                        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+                    )
+                for spec in specs:
+                    if spec.only_cases and case.name not in spec.only_cases:
+                        continue
+                    try:
+                        r = run_one(spec, case, duration, script)
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                        print(f"round {rnd + 1} {case.name} {spec.name}: failed: {exc}", file=sys.stderr)
+                        continue
+                    raw[case.name].setdefault(spec.name, []).append(r)
+                    print(
+                        f"round {rnd + 1} {case.name:11} {spec.name:15} {r.rps:>10,.0f} req/s  "
+                        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  rss {r.peak_rss_mib} MiB",
+                        flush=True,
+                    )
+    results = {c: {s: _median_result(rs) for s, rs in by.items()} for c, by in raw.items()}
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "rounds": str(rounds),
+        "duration": f"{duration:g}",
+    }
+    text = report(results, specs, cases, meta)
+    (out / "latest.md").write_text(text)
+    payload = {"meta": meta, "results": {c: {s: asdict(r) for s, r in by.items()} for c, by in results.items()}}
+    (out / "latest.json").write_text(json.dumps(payload, indent=2))
+    drew = chart(results, specs, cases, out / "latest.png")
+    print(text)
+    print(f"wrote {out / 'latest.md'}, {out / 'latest.json'}" + (f", {out / 'latest.png'}" if drew else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
