@@ -1,4 +1,6 @@
-"""Side-by-side benchmark of asyncwsgi and its peers: ``python benchmarks/run.py [--quick] [--servers a,b] [--cases x,y]``.
+"""Side-by-side benchmark of asyncwsgi and its peers.
+
+``python benchmarks/run.py [--quick] [--servers a,b] [--cases x,y]``.
 
 Every server runs as one process pinned to CPU 0 and serves the same apps (``benchmarks/apps.py``) on loopback; wrk,
 pinned to CPU 1, drives it. Servers alternate A B C A B C over several rounds and the median of the rounds is
@@ -288,7 +290,7 @@ def running(spec: ServerSpec, case: Case) -> Iterator[tuple[subprocess.Popen[byt
     port = _free_port()
     cmd = ["taskset", "-c", SERVER_CPU, *spec.command(case.app, port)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the process
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log, preexec_fn=_raise_fd_limit)
     try:
         deadline = time.monotonic() + 30
