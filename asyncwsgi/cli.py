@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import traceback
 import types
@@ -15,10 +16,12 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, importer
 from .config import Config
 from .errors import ConfigError
 from .importer import AppModuleError, import_app
+
+_IMPORT_MACHINERY = {importer.__file__, importlib.__file__}
 
 __all__ = ["build_parser", "console_main", "main"]
 
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"asyncwsgi: error: {exc}; the application's traceback follows:", file=sys.stderr)
         cause = exc.__cause__
         if cause is not None:
-            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+            traceback.print_exception(type(cause), cause, _app_frames(cause.__traceback__), file=sys.stderr)
         return 1
     except ConfigError as exc:
         print(f"asyncwsgi: error: {exc}", file=sys.stderr)
@@ -120,6 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # a Ctrl-C before the signal handlers were installed
         return 130
+
+
+def _app_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback from the app's own code on: our importer's and importlib's frames are noise to the user."""
+    start = tb
+    while start is not None:
+        filename = start.tb_frame.f_code.co_filename
+        if filename not in _IMPORT_MACHINERY and not filename.startswith("<frozen importlib"):
+            return start
+        start = start.tb_next
+    return tb
 
 
 def console_main() -> int:

@@ -68,8 +68,9 @@ class Config:
 
     # -- execution -------------------------------------------------------------------------------------------------
     threads: int = _opt(
-        64,
-        "Maximum worker threads running the app. Threads start on demand and stop when idle.",
+        256,
+        "Maximum worker threads running the app. A few start on demand; more only while requests wait and the CPU "
+        "has room (an app waiting on I/O); idle ones stop.",
         metavar="N",
     )
     thread_idle_timeout: float = _opt(

@@ -29,6 +29,9 @@ logger = logging.getLogger("asyncwsgi.error")
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
+#: Threads started at once when requests find none idle; beyond these the pool grows only while the CPU has room.
+EAGER_THREADS = 4
+
 
 class Server:
     """A WSGI server on the running asyncio loop.
@@ -73,7 +76,12 @@ class Server:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._channel = LoopChannel(loop)
-        self._pool = ThreadPool(self.config.threads, self.config.thread_idle_timeout)
+        self._pool = ThreadPool(
+            self.config.threads,
+            self.config.thread_idle_timeout,
+            eager_threads=EAGER_THREADS,
+            schedule=loop.call_later,
+        )
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._stopped = asyncio.Event()

@@ -171,7 +171,7 @@ class WSGICall:
         except ClientDisconnected as exc:
             error_log.debug("client went away during %s %s: %s", self.head.method, environ.get("RAW_URI"), exc)
             self._post(conn.on_response_abort, self)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from an app is an app error too; the server goes on
             self._fail(exc)
         finally:
             self._environ = None
@@ -434,7 +434,7 @@ class WSGICall:
         payload = parts[0] if len(parts) == 1 else b"".join(parts) if len(body) < _SMALL else parts
         self._post(self.conn.on_response_end, (self, payload, keep_alive))
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: BaseException) -> None:
         env = self._environ or {}
         error_log.error(
             "error in the application for %s %s",
@@ -457,17 +457,28 @@ class WSGICall:
             return
         status = (self._status or "-")[:3]
         ms = (time.monotonic() - self._started) * 1000.0
-        query = environ.get("QUERY_STRING")
         access_log.info(
-            '%s - - "%s %s%s %s" %s %d %.1fms "%s" "%s"',
+            '%s - - "%s %s %s" %s %d %.1fms "%s" "%s"',
             environ.get("REMOTE_ADDR") or "-",
             self.head.method,
-            environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-            "?" + query if query else "",
+            _log_escape(self.head.target.decode("latin-1")),
             environ.get("SERVER_PROTOCOL"),
             status,
             self._sent,
             ms,
-            environ.get("HTTP_REFERER", "-"),
-            environ.get("HTTP_USER_AGENT", "-"),
+            _log_escape(environ.get("HTTP_REFERER", "-")),
+            _log_escape(environ.get("HTTP_USER_AGENT", "-")),
         )
+
+
+# Client-supplied text in a log line: quotes, backslashes and control characters escaped (as Apache does), so a
+# request can neither end a quoted field early nor start a line of its own (CWE-117).
+_LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_LOG_ESCAPES[ord('"')] = '\\"'
+_LOG_ESCAPES[ord("\\")] = "\\\\"
+
+
+def _log_escape(text: str) -> str:
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.translate(_LOG_ESCAPES)

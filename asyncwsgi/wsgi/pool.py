@@ -1,9 +1,18 @@
 """A bounded, elastic thread pool for WSGI calls.
 
-Threads: ``submit`` is called on the event-loop thread and never blocks; jobs run on worker threads. A thread is
-started only when a job arrives and no thread is idle, up to ``max_threads``; a thread idle for ``idle_timeout``
-seconds stops. When every thread is busy, jobs wait in a FIFO queue whose depth is readable (``queued``) and is
-reported with a rate-limited warning, so a starved pool is never silent.
+Threads: ``submit`` (and the growth check it schedules) run on the event-loop thread and never block; jobs run on
+worker threads. A thread idle for ``idle_timeout`` seconds stops.
+
+Growth. Up to ``eager_threads`` threads start as soon as a job finds no idle thread. Past that, more threads are
+started only while jobs wait *and* the process is not using a full CPU: with the GIL, more threads help an app that
+waits (on a database, a remote API, ``sleep``) but only add switching to one that computes. A check scheduled every
+``GROW_INTERVAL`` while jobs wait measures the process's CPU time against wall time and, below ``CPU_SATURATED``,
+doubles the thread count (bounded by the queue and ``max_threads``). A CPU-bound app is thus served by a few hot
+threads that hand the loop several responses per wake-up, and an I/O-bound one grows to what it needs in tens of
+milliseconds.
+
+Jobs wait in a FIFO queue whose depth is readable (``queued``); when the pool is at ``max_threads`` and jobs wait, a
+rate-limited warning says so, so a starved pool is never silent.
 """
 
 from __future__ import annotations
@@ -20,13 +29,34 @@ __all__ = ["ThreadPool"]
 logger = logging.getLogger("asyncwsgi.error")
 
 Job = tuple[Callable[[Any], object], Any]
+Scheduler = Callable[[float, Callable[[], None]], object]
+
+#: Seconds between growth checks while jobs wait.
+GROW_INTERVAL = 0.01
+#: Process CPU use (fraction of one core) at or above which waiting jobs do not start more threads.
+CPU_SATURATED = 0.85
 
 
 class ThreadPool:
-    def __init__(self, max_threads: int, idle_timeout: float = 60.0, name: str = "asyncwsgi-worker") -> None:
+    def __init__(
+        self,
+        max_threads: int,
+        idle_timeout: float = 60.0,
+        name: str = "asyncwsgi-worker",
+        *,
+        eager_threads: int | None = None,
+        schedule: Scheduler | None = None,
+    ) -> None:
+        """``schedule(delay, fn)`` runs ``fn`` later on the submitting thread (``loop.call_later``); without it, or
+        with ``eager_threads`` unset, every job that finds no idle thread starts one (up to ``max_threads``)."""
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
+        self._eager = max_threads if eager_threads is None or schedule is None else min(eager_threads, max_threads)
+        self._schedule = schedule
+        self._checking = False
+        self._cpu_mark = 0.0
+        self._wall_mark = 0.0
         self._idle_timeout = idle_timeout or None
         self._name = name
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -59,14 +89,43 @@ class ThreadPool:
         self._queue.put((fn, arg))
         if self._idle.acquire(blocking=False):
             return
+        if self._start_threads(1, self._eager):
+            return
+        if len(self._threads) >= self.max_threads:
+            self._warn_starved()
+        if not self._checking and self._schedule is not None:
+            self._checking = True
+            self._cpu_mark = time.process_time()
+            self._wall_mark = time.monotonic()
+            self._schedule(GROW_INTERVAL, self._check_growth)
+
+    def _start_threads(self, n: int, limit: int) -> int:
+        """Start up to ``n`` threads without exceeding ``limit`` in all; returns how many started."""
+        started = 0
         with self._lock:
-            if len(self._threads) < self.max_threads:
+            while started < n and len(self._threads) < limit:
                 self._counter += 1
                 t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
                 self._threads.add(t)
                 t.start()
-                return
-        self._warn_starved()
+                started += 1
+        return started
+
+    def _check_growth(self) -> None:
+        """Loop thread, every ``GROW_INTERVAL`` while jobs wait: add threads if the CPU has room for them."""
+        queued = self.queued
+        if queued == 0 or self._shutdown:
+            self._checking = False
+            return
+        cpu, wall = time.process_time(), time.monotonic()
+        busy = (cpu - self._cpu_mark) / max(wall - self._wall_mark, 1e-6)
+        self._cpu_mark, self._wall_mark = cpu, wall
+        if busy < CPU_SATURATED:
+            self._start_threads(min(queued, max(1, len(self._threads))), self.max_threads)
+        elif len(self._threads) >= self.max_threads:
+            self._warn_starved()
+        assert self._schedule is not None
+        self._schedule(GROW_INTERVAL, self._check_growth)
 
     def _warn_starved(self) -> None:
         now = time.monotonic()
