@@ -61,7 +61,8 @@ class ThreadPool:
         self._name = name
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # One token per idle thread: submit takes a token to hand the job to an idle thread instead of starting one.
-        self._idle = threading.Semaphore(0)
+        # A plain counter under a C lock: threading.Semaphore is Python code, too slow for once per request.
+        self._idle_tokens = 0
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._counter = 0
@@ -87,10 +88,14 @@ class ThreadPool:
         if self._shutdown:
             raise RuntimeError("the thread pool is shut down")
         self._queue.put((fn, arg))
-        if self._idle.acquire(blocking=False):
-            return
-        if self._start_threads(1, self._eager):
-            return
+        lock = self._lock
+        with lock:
+            if self._idle_tokens:
+                self._idle_tokens -= 1  # an idle thread will take it
+                return
+            if len(self._threads) < self._eager:
+                self._start_thread_locked()
+                return
         if len(self._threads) >= self.max_threads:
             self._warn_starved()
         if not self._checking and self._schedule is not None:
@@ -104,12 +109,15 @@ class ThreadPool:
         started = 0
         with self._lock:
             while started < n and len(self._threads) < limit:
-                self._counter += 1
-                t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
-                self._threads.add(t)
-                t.start()
+                self._start_thread_locked()
                 started += 1
         return started
+
+    def _start_thread_locked(self) -> None:
+        self._counter += 1
+        t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
+        self._threads.add(t)
+        t.start()
 
     def _check_growth(self) -> None:
         """Loop thread, every ``GROW_INTERVAL`` while jobs wait: add threads if the CPU has room for them."""
@@ -149,6 +157,7 @@ class ThreadPool:
 
     def _work(self) -> None:
         get = self._queue.get
+        lock = self._lock
         me = threading.current_thread()
         try:
             while True:
@@ -158,8 +167,9 @@ class ThreadPool:
                     # Stop only if our idle token is still ours (if submit took it, a job is on its way to us), and
                     # leave the thread count in the same locked step, so a submit racing with us sees either our
                     # token or our absence, and starts a thread in the latter case.
-                    with self._lock:
-                        if self._idle.acquire(blocking=False):
+                    with lock:
+                        if self._idle_tokens:
+                            self._idle_tokens -= 1
                             self._threads.discard(me)
                             return
                     continue
@@ -171,7 +181,8 @@ class ThreadPool:
                 except BaseException:  # the job reports its own errors; this is the last line of defence
                     logger.exception("unhandled error in worker thread")
                 del job, fn, arg
-                self._idle.release()
+                with lock:
+                    self._idle_tokens += 1
         finally:
             with self._lock:
                 self._threads.discard(me)

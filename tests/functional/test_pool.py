@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import count
+from typing import Any
 
 import pytest
 
@@ -195,39 +196,42 @@ def test_starvation_warning_is_logged_and_rate_limited(make_pool, caplog, monkey
     assert jobs.wait(lambda: jobs.done == 5)
 
 
-class _HeldIdleToken:
-    """Wraps the pool's idle-token semaphore. When a worker thread takes a token to stop (its idle timeout expired),
-    it signals ``stopping`` and waits for ``go``: this holds the thread at the point where it has decided to stop, a
-    point that thread scheduling can stretch on its own at any time."""
+class _HeldLock:
+    """Wraps the pool's lock. When a worker thread takes it once armed (the only worker is idle, so this is its
+    idle-timeout path, deciding to stop), it signals ``stopping`` and waits for ``go`` first: this holds the thread at
+    the point where it is about to stop, a point that thread scheduling can stretch on its own at any time."""
 
-    def __init__(self, sem: threading.Semaphore, worker_prefix: str) -> None:
-        self._sem = sem
+    def __init__(self, inner: Any, worker_prefix: str) -> None:
+        self._inner = inner
         self._prefix = worker_prefix
+        self.armed = False
         self.stopping = threading.Event()
         self.go = threading.Event()
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        got = self._sem.acquire(blocking, timeout)
-        if got and not blocking and threading.current_thread().name.startswith(self._prefix):
+    def __enter__(self) -> Any:
+        if self.armed and threading.current_thread().name.startswith(self._prefix) and not self.stopping.is_set():
             self.stopping.set()
             self.go.wait(5.0)
-        return got
+        return self._inner.__enter__()
 
-    def release(self, n: int = 1) -> None:
-        self._sem.release(n)
+    def __exit__(self, *exc: object) -> None:
+        self._inner.__exit__(*exc)
 
 
 def test_a_job_submitted_while_the_last_thread_stops_still_runs(make_pool):
-    pool = make_pool(1, idle_timeout=0.05)
+    pool = make_pool(1, idle_timeout=0.2)
+    held = _HeldLock(pool._lock, pool._name + "-")
+    pool._lock = held  # before the worker starts: it keeps a reference
     first = threading.Event()
     pool.submit(lambda ev: ev.set(), first)
     assert first.wait(5.0)
-    held = _HeldIdleToken(pool._idle, pool._name + "-")
-    pool._idle = held  # type: ignore[assignment]
+    assert wait_until(lambda: pool._idle_tokens == 1), "the worker did not become idle"
+    held.armed = True
     second = threading.Event()
     submitter = threading.Thread(target=pool.submit, args=(lambda ev: ev.set(), second), name="test-submitter")
     try:
         assert held.stopping.wait(5.0), "the idle thread did not time out"
+        assert pool.threads == 1 and pool._idle_tokens == 1  # held just before it takes its token to stop
         # Submit while the only thread is stopping. A pool may make submit wait for the stopping thread (a lock
         # around the decision) or not; either way the job must run.
         submitter.start()
