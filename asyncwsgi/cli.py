@@ -105,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runner import configure_logging, run
 
     configure_logging(config.log_level)
+    if config.workers > 1 or config.reload:
+        from .supervisor import supervise
+
+        try:
+            return supervise(ns.app, config)
+        except ConfigError as exc:
+            print(f"asyncwsgi: error: {exc}", file=sys.stderr)
+            return 1
     try:
         app = import_app(ns.app, factory=config.factory, app_dir=config.app_dir_abs)
     except AppModuleError as exc:

@@ -134,6 +134,40 @@ class Config:
         metavar="N",
     )
 
+    # -- processes -------------------------------------------------------------------------------------------------
+    workers: int = _opt(
+        1,
+        "Worker processes, each with its own event loop and thread pool, sharing the listening sockets under a "
+        "supervising process that restarts them.",
+        "-w",
+        "--workers",
+        metavar="N",
+    )
+    max_requests: int | None = _opt(
+        None,
+        "With --workers: replace a worker after it has served this many requests (a memory-leak safety net); the "
+        "old one finishes its requests while its replacement already accepts.",
+        metavar="N",
+    )
+    max_requests_jitter: int = _opt(
+        0, "Add a random 0..N to each worker's --max-requests, so workers are not all replaced at once.", metavar="N"
+    )
+    preload: bool = _opt(False, "With --workers: import the app once in the supervisor, before starting workers.")
+    reload: bool = _opt(
+        False,
+        "Development: restart the server when a Python file under --app-dir changes (watchfiles when installed, "
+        "polling otherwise).",
+    )
+
+    # -- TLS -------------------------------------------------------------------------------------------------------
+    ssl_certfile: str | None = _opt(
+        None, "TLS certificate chain (PEM); with --ssl-keyfile, serve HTTPS.", metavar="PATH"
+    )
+    ssl_keyfile: str | None = _opt(None, "TLS private key (PEM).", metavar="PATH")
+    ssl_ca_certs: str | None = _opt(
+        None, "CA bundle (PEM) to verify client certificates with: clients must present one.", metavar="PATH"
+    )
+
     # -- logging ---------------------------------------------------------------------------------------------------
     log_level: str = _opt("info", "Logging level of the asyncwsgi loggers.", choices=LOG_LEVELS)
     access_log: bool = _opt(True, "Log one line per request to the asyncwsgi.access logger.")
@@ -174,6 +208,16 @@ class Config:
         bind: Any = self.bind
         if not isinstance(bind, tuple):  # accept a str or a list from embedding code
             object.__setattr__(self, "bind", (bind,) if isinstance(bind, str) else tuple(bind))
+        if self.workers < 1:
+            raise bad(f"--workers must be at least 1, not {self.workers}")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise bad("--max-requests must be at least 1")
+        if self.max_requests_jitter < 0:
+            raise bad("--max-requests-jitter must not be negative")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise bad("--ssl-certfile and --ssl-keyfile go together")
+        if self.ssl_ca_certs and not self.ssl_certfile:
+            raise bad("--ssl-ca-certs needs --ssl-certfile and --ssl-keyfile")
         if self.fd is not None and self.fd < 0:
             raise bad(f"--fd must be a file descriptor number, not {self.fd}")
 
@@ -187,3 +231,23 @@ class Config:
     @property
     def app_dir_abs(self) -> str:
         return os.path.abspath(self.app_dir)
+
+
+def options_table() -> str:
+    """The README's options table, generated from the fields (``python -m asyncwsgi.config``)."""
+    rows = ["| flag | `Config` field | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        flags = f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)
+        if isinstance(f.default, bool):
+            long = flags[-1]
+            spelled = f"`{long}` / `--no-{long[2:]}`"
+            default = "on" if f.default else "off"
+        else:
+            spelled = ", ".join(f"`{flag}`" for flag in flags)
+            default = "none" if f.default in (None, ()) else "empty" if f.default == "" else f"`{f.default}`"
+        rows.append(f"| {spelled} | `{f.name}` | {default} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(options_table())

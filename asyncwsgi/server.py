@@ -13,10 +13,12 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import Config
+from .errors import ConfigError
 from .protocol.connection import HTTPConnection
 from .sockets import ListenSpec, bind_sockets
 from .wsgi.bridge import LoopChannel
@@ -41,12 +43,29 @@ class Server:
     ``server.address``.
     """
 
-    def __init__(self, app: WSGIApp, config: Config | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: Config | None = None,
+        *,
+        sockets: list[socket.socket] | None = None,
+        max_requests: int | None = None,
+        **options: Any,
+    ) -> None:
+        """``sockets``: already-listening sockets to serve instead of binding what the config names (a supervisor
+        binds once and hands them to its workers). ``max_requests``: after this many completed requests the
+        ``retiring`` event is set (the server keeps serving; its owner decides when to shut it down)."""
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
         base = config if config is not None else Config()
         self.config = base.replace(**options) if options else base
         self.app = app
+        self._given_sockets = sockets
+        self._max_requests = max_requests
+        #: requests whose response was completely handed to the transport
+        self.requests_done = 0
+        #: set once ``max_requests`` requests are done
+        self.retiring = asyncio.Event()
         self.environ_extra: dict[str, Any] = {"asyncwsgi.config": self.config}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: LoopChannel | None = None
@@ -64,6 +83,7 @@ class Server:
         self._room = asyncio.Event()
         self._reaper: asyncio.TimerHandle | None = None
         self._addresses: list[Any] = []
+        self._ssl: ssl.SSLContext | None = None
         self._reap_interval = 1.0
         self.started = False
 
@@ -85,18 +105,29 @@ class Server:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._stopped = asyncio.Event()
-        bound = bind_sockets(self.config)
+        self._ssl = tls_context(self.config)
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self.config.timeout_request_header or None}
+        if self._given_sockets is not None:
+            bound = [(_spec_of(sock), sock) for sock in self._given_sockets]
+            for _, sock in bound:
+                sock.setblocking(False)
+        else:
+            bound = bind_sockets(self.config)
         try:
             for spec, sock in bound:
                 if self.config.limit_connections is not None:
                     # Our own accept loop, so that at the limit we stop accepting and clients wait in the backlog.
-                    self._accept_tasks.append(loop.create_task(self._accept_loop(sock)))
+                    self._accept_tasks.append(loop.create_task(self._accept_loop(sock, tls)))
                     self._listeners.append((spec, sock, None))
                     continue
                 if sock.family == socket.AF_UNIX:
-                    srv = await loop.create_unix_server(self._make_protocol, sock=sock, backlog=self.config.backlog)
+                    srv = await loop.create_unix_server(
+                        self._make_protocol, sock=sock, backlog=self.config.backlog, **tls
+                    )
                 else:
-                    srv = await loop.create_server(self._make_protocol, sock=sock, backlog=self.config.backlog)
+                    srv = await loop.create_server(self._make_protocol, sock=sock, backlog=self.config.backlog, **tls)
                 self._listeners.append((spec, sock, srv))
         except BaseException:
             for _, sock in bound:
@@ -107,7 +138,7 @@ class Server:
         self._reaper = loop.call_later(self._reap_interval, self._reap)
         self.started = True
 
-    async def _accept_loop(self, sock: socket.socket) -> None:
+    async def _accept_loop(self, sock: socket.socket, tls: dict[str, Any]) -> None:
         loop = self.loop
         limit = self.config.limit_connections
         assert limit is not None
@@ -125,7 +156,7 @@ class Server:
                 continue
             self._accepting += 1
             try:
-                await loop.connect_accepted_socket(self._make_protocol, conn_sock)
+                await loop.connect_accepted_socket(self._make_protocol, conn_sock, **tls)
             except OSError:
                 conn_sock.close()
             finally:
@@ -211,7 +242,7 @@ class Server:
             if srv is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(srv.wait_closed(), 1.0)
-            if spec.kind == "unix":
+            if spec.kind == "unix" and self._given_sockets is None:  # given sockets belong to whoever bound them
                 with contextlib.suppress(OSError):
                     os.unlink(spec.path)
         if self._pool is not None:
@@ -297,6 +328,32 @@ class Server:
 
     def request_done(self) -> None:
         self._in_flight -= 1
+        self.requests_done += 1
+        if self._max_requests is not None and self.requests_done == self._max_requests:
+            self.retiring.set()
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context the config asks for (``ConfigError`` with one line when the files are wrong)."""
+    if not config.ssl_certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+        if config.ssl_ca_certs:
+            ctx.load_verify_locations(config.ssl_ca_certs)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate, key or CA file: {exc}") from None
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _spec_of(sock: socket.socket) -> ListenSpec:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return ListenSpec("unix", path=name if isinstance(name, str) else "")
+    return ListenSpec("tcp", host=str(name[0]), port=int(name[1]))
 
 
 def _sockname(sock: socket.socket) -> Any:

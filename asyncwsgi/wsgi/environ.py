@@ -95,6 +95,8 @@ def connection_environ(
         env["REMOTE_PORT"] = str(peername[1])
     else:
         env["REMOTE_ADDR"] = ""
+    if url_scheme == "https":
+        env["HTTPS"] = "on"
     env.update(extra)
     return env
 
