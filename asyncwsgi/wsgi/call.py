@@ -374,23 +374,50 @@ class WSGICall:
             if self._sent >= cl:
                 return
             data = data[: cl - self._sent]
-        payload: bytes | list[bytes]
-        if self._no_body:
-            if self.headers_sent:
-                self._sent += len(data)
-                return
-            payload = self._head(None)
-        elif not self.headers_sent:
-            head = self._head(None)
-            body = frame_chunk(data) if self._chunked else data
-            payload = head + body if len(body) < _SMALL else [head, body]
-        else:
-            payload = frame_chunk(data) if self._chunked else data
+        if self._no_body and self.headers_sent:
+            self._sent += len(data)  # HEAD, 204, 304: counted, never sent
+            return
+        payload, size = self._frame_data(data)
         self.headers_sent = True
         self._sent += len(data)
-        flow.queued += len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+        flow.queued += size
         self._post(self.conn.on_response_data, (self, payload))
         flow.wait()
+
+    # -- framing: HTTP/1.1 bytes here; the ASGI adapter overrides these three to produce ASGI messages ---------------
+
+    def _frame_data(self, data: bytes) -> tuple[Any, int]:
+        """The payload carrying one non-final body chunk (and the head before the first), with its size in bytes."""
+        if self._no_body:
+            head = self._head(None)
+            return head, len(head)
+        if not self.headers_sent:
+            head = self._head(None)
+            body = frame_chunk(data) if self._chunked else data
+            if len(body) < _SMALL:
+                payload = head + body
+                return payload, len(payload)
+            return [head, body], len(head) + len(body)
+        payload = frame_chunk(data) if self._chunked else data
+        return payload, len(payload)
+
+    def _frame_end(self, body: bytes) -> Any:
+        """The payload ending the response: the rest of the body (the whole body, with the head, if the head has not
+        gone yet, so it can carry Content-Length)."""
+        parts: list[bytes] = []
+        if not self.headers_sent:
+            parts.append(self._head(len(body) if self._body_known or self._content_length is not None else None))
+        if body and not self._no_body:
+            parts.append(frame_chunk(body) if self._chunked else body)
+        if self._chunked:
+            parts.append(CHUNK_END)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts) if len(body) < _SMALL else parts
+
+    def _frame_error(self) -> Any:
+        """The payload of the 500 answered when the app failed before its head went out."""
+        return error_response(500, server_header=self.conn.server_header)
 
     def _warn_extra(self) -> None:
         error_log.warning(
@@ -408,19 +435,10 @@ class WSGICall:
         if cl is not None and self._sent + len(body) > cl:
             self._warn_extra()
             body = body[: max(0, cl - self._sent)]
-        parts: list[bytes] = []
-        if not self.headers_sent:
-            parts.append(self._head(len(body) if self._body_known or self._content_length is not None else None))
-            self.headers_sent = True
-            if self._no_body:
-                body = b""
-        elif self._no_body:
-            body = b""
-        if body:
-            parts.append(frame_chunk(body) if self._chunked else body)
-        self._sent += len(body)
-        if self._chunked:
-            parts.append(CHUNK_END)
+        payload = self._frame_end(body)  # for HEAD it still tells the length a GET would have, and sends none
+        self.headers_sent = True
+        if not self._no_body:
+            self._sent += len(body)
         keep_alive = self._keep_alive
         if cl is not None and self._sent < cl and not self._no_body:
             error_log.error(
@@ -431,7 +449,6 @@ class WSGICall:
                 self._sent,
             )
             keep_alive = False
-        payload = parts[0] if len(parts) == 1 else b"".join(parts) if len(body) < _SMALL else parts
         self._post(self.conn.on_response_end, (self, payload, keep_alive))
 
     def _fail(self, exc: BaseException) -> None:
@@ -447,10 +464,7 @@ class WSGICall:
         else:
             self.headers_sent = True
             self._status = "500 Internal Server Error"
-            self._post(
-                self.conn.on_response_end,
-                (self, error_response(500, server_header=self.conn.server_header), False),
-            )
+            self._post(self.conn.on_response_end, (self, self._frame_error(), False))
 
     def _log_access(self, environ: dict[str, Any]) -> None:
         if not access_log.isEnabledFor(logging.INFO):
