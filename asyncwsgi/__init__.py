@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .asgi import to_asgi
 from .config import Config
 from .errors import ClientDisconnected, ConfigError, ProtocolError
 from .server import Server, serve
@@ -16,4 +17,5 @@ __all__ = [
     "Server",
     "__version__",
     "serve",
+    "to_asgi",
 ]

@@ -95,7 +95,7 @@ class Server:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._channel = LoopChannel(loop)
+        self._channel = LoopChannel(loop.call_soon_threadsafe)
         self._pool = ThreadPool(
             self.config.threads,
             self.config.thread_idle_timeout,

@@ -13,7 +13,6 @@ mark of response data in memory, however much the app produces.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections import deque
@@ -31,8 +30,11 @@ HIGH_WATER = 512 * 1024
 
 
 class LoopChannel:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    """``LoopChannel(call_soon_threadsafe)``: asyncio's ``loop.call_soon_threadsafe``, or trio's
+    ``current_trio_token().run_sync_soon``; anything that runs a callable on the loop thread from another thread."""
+
+    def __init__(self, call_soon_threadsafe: Callable[[Callable[[], object]], object]) -> None:
+        self._call_soon_threadsafe = call_soon_threadsafe
         self._items: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._scheduled = False
 
@@ -44,8 +46,8 @@ class LoopChannel:
         if not self._scheduled:
             self._scheduled = True
             try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: nothing will ever read this again
+                self._call_soon_threadsafe(self._drain)
+            except Exception:  # the loop is closed (RuntimeError, trio.RunFinishedError): nobody will read this
                 self._items.clear()
 
     # -- event-loop thread -------------------------------------------------------------------------------------------

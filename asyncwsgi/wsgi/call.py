@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClientDisconnected
 from ..protocol.writer import CHUNK_END, error_response, frame_chunk, http_date
@@ -34,8 +34,24 @@ from .files import FileWrapper
 from .input import EmptyInput, InputStream
 
 if TYPE_CHECKING:
-    from ..protocol.connection import HTTPConnection
     from ..protocol.parser import RequestHead
+
+
+class ResponseTarget(Protocol):
+    """What a ``WSGICall`` needs from the loop side: ``HTTPConnection`` in the server, the ASGI adapter's exchange."""
+
+    environ_base: dict[str, Any]
+    root_path: str
+    access_log: bool
+    server_header: bool
+    closing: bool
+    can_sendfile: bool
+
+    def on_response_data(self, msg: Any) -> None: ...
+    def on_response_end(self, msg: Any) -> None: ...
+    def on_response_abort(self, call: Any) -> None: ...
+    def on_sendfile(self, msg: Any) -> None: ...
+
 
 __all__ = ["WSGICall"]
 
@@ -109,7 +125,7 @@ class WSGICall:
 
     def __init__(
         self,
-        conn: HTTPConnection,
+        conn: ResponseTarget,
         head: RequestHead,
         wsgi_input: InputStream | None,
         app: Callable[..., Iterable[bytes]],

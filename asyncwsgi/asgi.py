@@ -1,0 +1,265 @@
+"""``to_asgi(app)``: any WSGI app as an ASGI 3 application, on the same bridge the server uses.
+
+    from asyncwsgi import to_asgi
+    asgi_app = to_asgi(flask_app, threads=64)      # mount it in Starlette, serve it with uvicorn or hypercorn
+
+What is shared with the server: ``WSGICall`` (start_response, exc_info, headers deferred to the first non-empty chunk,
+``write()``, Content-Length enforcement, ``close()`` on every path, error handling), the environ builder,
+``InputStream`` (streamed ``wsgi.input`` with flow control; a client gone mid-upload makes ``read()`` raise),
+``WriteFlow`` (backpressure), ``LoopChannel`` and ``ThreadPool``. What differs is only the framing: ``ASGICall``
+produces ASGI messages where the server's call produces HTTP/1.1 bytes.
+
+Threads and tasks: the app runs on a worker thread of the adapter's pool. On the event loop, per request, one task
+(``_Exchange.pump``) feeds ``receive()`` into ``wsgi.input`` and watches for ``http.disconnect``, and the request's own
+coroutine (``_Exchange.deliver``) awaits ``send()`` for each message the worker posted; ``send()`` completing is the
+backpressure. The worker never touches ASGI objects; it posts to the loop through ``LoopChannel``. Runs under asyncio
+and trio (anyio primitives; the cross-thread wake-up is the backend's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+
+from .errors import ClientDisconnected
+from .protocol.parser import RequestHead
+from .wsgi.bridge import LoopChannel, WriteFlow
+from .wsgi.call import WSGICall
+from .wsgi.environ import connection_environ
+from .wsgi.input import BODY_HIGH_WATER, InputStream
+from .wsgi.pool import ThreadPool
+
+__all__ = ["WSGIToASGI", "to_asgi"]
+
+logger = logging.getLogger("asyncwsgi.error")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WSGIApp = Callable[..., Iterable[bytes]]
+
+
+def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) -> WSGIToASGI:
+    """Wrap the WSGI ``app`` as an ASGI 3 application whose WSGI calls run on up to ``threads`` threads."""
+    return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
+
+
+def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
+    """The running backend's way to run a callable on its loop thread, from another thread."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # not asyncio: trio (anyio's other backend)
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+
+
+class WSGIToASGI:
+    def __init__(self, app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, not {type(app).__name__}")
+        self.app = app
+        self.threads = threads
+        self._idle_timeout = thread_idle_timeout
+        self._pool: ThreadPool | None = None
+
+    @property
+    def pool(self) -> ThreadPool:
+        if self._pool is None:
+            self._pool = ThreadPool(self.threads, self._idle_timeout, name="asyncwsgi-asgi")
+        return self._pool
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await _Exchange(self, scope).run(receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # WSGI has no websockets: refuse the handshake (the server answers 403).
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1000})
+        else:
+            raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._pool is not None:
+                    self._pool.shutdown()
+                    self._pool = None
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _head_from_scope(scope: Scope) -> RequestHead:
+    raw_path = scope.get("raw_path")
+    if not raw_path:
+        raw_path = quote(scope.get("path", "/"), safe="/:@!$&'()*+,;=-._~").encode("latin-1")
+    query = scope.get("query_string", b"")
+    target = raw_path + b"?" + query if query else raw_path
+    headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
+    version = "1.0" if scope.get("http_version") == "1.0" else "1.1"
+    return RequestHead(scope.get("method", "GET"), target, version, headers, True, None, False, False, False)
+
+
+class _Exchange:
+    """One request: the loop-side partner of an ``ASGICall`` (it plays the connection's role for it)."""
+
+    # Read by WSGICall (worker thread) as it reads them from HTTPConnection.
+    access_log = False
+    server_header = False
+    closing = False
+    can_sendfile = False
+
+    def __init__(self, adapter: WSGIToASGI, scope: Scope) -> None:
+        self.adapter = adapter
+        self.root_path: str = scope.get("root_path", "") or ""
+        server, client = scope.get("server"), scope.get("client")
+        self.environ_base = connection_environ(
+            # ASGI gives lists or tuples; a unix-socket server is (path, None): name and port then come from Host.
+            tuple(server) if server and server[1] is not None else None,
+            tuple(client) if client else None,
+            scope.get("scheme", "http"),
+            self.root_path,
+            False,
+            {"asgi.scope": scope},
+        )
+        self._client_gone = False
+        self.head = _head_from_scope(scope)
+        self.channel = LoopChannel(_call_soon_threadsafe())
+        self.flow = WriteFlow()
+        self.input = InputStream(self._from_worker)
+        send_stream, receive_stream = anyio.create_memory_object_stream[tuple[str, Any]](math.inf)
+        self._out = send_stream
+        self._out_receive = receive_stream
+        self._more: anyio.Event | None = None
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        call = ASGICall(self, self.head, self.input, self.adapter.app, self.channel, self.flow)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.pump, receive)
+            self.adapter.pool.submit(call.run, None)
+            try:
+                await self.deliver(send)
+            finally:
+                self._gone("the response ended")
+                tg.cancel_scope.cancel()
+                self._out.close()
+                self._out_receive.close()
+
+    # -- loop side: request body and disconnects -------------------------------------------------------------------
+
+    def _from_worker(self, what: str) -> None:
+        # Worker thread (InputStream asks for more body): forward to the loop.
+        self.channel.post(self.on_input_request, what)
+
+    def on_input_request(self, what: str) -> None:
+        if what == InputStream.WANT_MORE and self._more is not None:
+            self.input.paused = False
+            self._more.set()
+
+    async def pump(self, receive: Receive) -> None:
+        """Feed the body into ``wsgi.input`` with flow control, then watch for the client leaving."""
+        stream = self.input
+        while True:
+            if not stream.complete and stream.buffered >= BODY_HIGH_WATER:
+                self._more = anyio.Event()
+                stream.pause()
+                await self._more.wait()
+                continue
+            message = await receive()
+            kind = message["type"]
+            if kind == "http.request":
+                if not stream.complete:
+                    body = message.get("body", b"")
+                    if body:
+                        stream.feed(body)
+                    if not message.get("more_body", False):
+                        stream.feed_eof()
+            elif kind == "http.disconnect":
+                self._client_gone = True
+                self._gone("client disconnected")
+                return
+
+    def _gone(self, why: str) -> None:
+        self.input.abort(ClientDisconnected(why))
+        self.flow.close()
+
+    # -- loop side: the response ---------------------------------------------------------------------------------
+
+    def on_response_data(self, msg: tuple[WSGICall, list[Message]]) -> None:
+        self._out.send_nowait(("data", msg[1]))
+
+    def on_response_end(self, msg: tuple[WSGICall, list[Message], bool]) -> None:
+        self._out.send_nowait(("end", msg[1]))
+
+    def on_response_abort(self, call: WSGICall) -> None:
+        self._out.send_nowait(("abort", None))
+
+    def on_sendfile(self, msg: Any) -> None:  # never called: can_sendfile is False
+        raise NotImplementedError
+
+    async def deliver(self, send: Send) -> None:
+        async for kind, messages in self._out_receive:
+            if kind == "abort":
+                if self._client_gone:
+                    return  # the worker stopped because the client left: nothing to send, nobody to tell
+                # The app failed after its response started: only the server can still say so, by cutting it.
+                raise RuntimeError("the WSGI application failed after its response had started (see the log)")
+            size = 0
+            for message in messages:
+                await send(message)
+                size += len(message.get("body", b""))
+            self.flow.wrote(size)
+            if kind == "end":
+                return
+
+
+class ASGICall(WSGICall):
+    """A ``WSGICall`` whose response goes out as ASGI messages instead of HTTP/1.1 bytes."""
+
+    __slots__ = ()
+
+    def _start_message(self, body_length: int | None) -> Message:
+        status = self._status or "500 Internal Server Error"
+        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self._headers]
+        if self._content_length is None and body_length is not None and (body_length or not self._no_body):
+            headers.append((b"content-length", str(body_length).encode("ascii")))
+        return {"type": "http.response.start", "status": int(status[:3]), "headers": headers}
+
+    def _frame_data(self, data: bytes) -> tuple[Any, int]:
+        messages = [] if self.headers_sent else [self._start_message(None)]
+        if not self._no_body:
+            messages.append({"type": "http.response.body", "body": data, "more_body": True})
+        return messages, len(data)
+
+    def _frame_end(self, body: bytes) -> Any:
+        messages = []
+        if not self.headers_sent:
+            known = self._body_known or self._content_length is not None
+            messages.append(self._start_message(len(body) if known else None))
+        messages.append({"type": "http.response.body", "body": b"" if self._no_body else body, "more_body": False})
+        return messages
+
+    def _frame_error(self) -> Any:
+        body = b"Internal Server Error\n"
+        return [
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))],
+            },
+            {"type": "http.response.body", "body": body, "more_body": False},
+        ]
