@@ -29,6 +29,7 @@ import anyio
 
 from .errors import ClientDisconnected
 from .protocol.parser import RequestHead
+from .proxy import ProxyTrust
 from .wsgi.bridge import LoopChannel, WriteFlow
 from .wsgi.call import WSGICall
 from .wsgi.environ import connection_environ
@@ -58,7 +59,7 @@ def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
     except RuntimeError:  # not asyncio: trio (anyio's other backend)
         import trio
 
-        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+        return trio.lowlevel.current_trio_token().run_sync_soon
 
 
 class WSGIToASGI:
@@ -122,6 +123,7 @@ class _Exchange:
     server_header = False
     closing = False
     can_sendfile = False
+    proxy_trust: ProxyTrust | None = None  # the ASGI server in front handles proxy headers
 
     def __init__(self, adapter: WSGIToASGI, scope: Scope) -> None:
         self.adapter = adapter

@@ -168,6 +168,19 @@ class Config:
         None, "CA bundle (PEM) to verify client certificates with: clients must present one.", metavar="PATH"
     )
 
+    # -- behind a proxy ----------------------------------------------------------------------------------------------
+    proxy_headers: bool = _opt(
+        False,
+        "Take the client's address, scheme, host and port from Forwarded / X-Forwarded-* headers, from trusted "
+        "peers only (--forwarded-allow-ips).",
+    )
+    forwarded_allow_ips: str = _opt(
+        "127.0.0.1",
+        "Proxies trusted with --proxy-headers: comma-separated IPs or CIDR networks, or * for any. Unix-socket "
+        "peers are trusted.",
+        metavar="IPS",
+    )
+
     # -- logging ---------------------------------------------------------------------------------------------------
     log_level: str = _opt("info", "Logging level of the asyncwsgi loggers.", choices=LOG_LEVELS)
     access_log: bool = _opt(True, "Log one line per request to the asyncwsgi.access logger.")
@@ -218,6 +231,9 @@ class Config:
             raise bad("--ssl-certfile and --ssl-keyfile go together")
         if self.ssl_ca_certs and not self.ssl_certfile:
             raise bad("--ssl-ca-certs needs --ssl-certfile and --ssl-keyfile")
+        from .proxy import ProxyTrust
+
+        ProxyTrust(self.forwarded_allow_ips)  # raises ConfigError on a bad entry
         if self.fd is not None and self.fd < 0:
             raise bad(f"--fd must be a file descriptor number, not {self.fd}")
 
@@ -234,7 +250,7 @@ class Config:
 
 
 def options_table() -> str:
-    """The README's options table, generated from the fields (``python -m asyncwsgi.config``)."""
+    """The README's options table, generated from the fields."""
     rows = ["| flag | `Config` field | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Config):
         flags = f.metadata["flags"] or ("--" + f.name.replace("_", "-"),)
@@ -248,6 +264,3 @@ def options_table() -> str:
         rows.append(f"| {spelled} | `{f.name}` | {default} | {f.metadata['help']} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(options_table())

@@ -20,6 +20,7 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 from .protocol.connection import HTTPConnection
+from .proxy import ProxyTrust
 from .sockets import ListenSpec, bind_sockets
 from .wsgi.bridge import LoopChannel
 from .wsgi.call import WSGICall
@@ -67,6 +68,7 @@ class Server:
         #: set once ``max_requests`` requests are done
         self.retiring = asyncio.Event()
         self.environ_extra: dict[str, Any] = {"asyncwsgi.config": self.config}
+        self.proxy_trust = ProxyTrust(self.config.forwarded_allow_ips) if self.config.proxy_headers else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: LoopChannel | None = None
         self._pool: ThreadPool | None = None

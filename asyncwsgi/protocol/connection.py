@@ -31,6 +31,9 @@ from ..wsgi.input import BODY_HIGH_WATER, InputStream
 from .parser import RequestHead, RequestParser
 
 if TYPE_CHECKING:
+    from ..proxy import ProxyTrust
+
+if TYPE_CHECKING:
     from ..server import Server
 
 __all__ = ["HTTPConnection"]
@@ -77,6 +80,8 @@ class HTTPConnection(asyncio.Protocol):
         self._idle = False
         self._sendfile_task: asyncio.Task[None] | None = None
         self.requests = 0
+        #: set when the peer is a trusted proxy whose forwarding headers are applied to each request's environ
+        self.proxy_trust: ProxyTrust | None = None
         #: the loop and transport can send files zero-copy (stdlib loop, plain TCP/unix; not uvloop, not TLS)
         self.can_sendfile = False
 
@@ -99,6 +104,10 @@ class HTTPConnection(asyncio.Protocol):
             type(server.loop).sendfile is not asyncio.AbstractEventLoop.sendfile
             and transport.get_extra_info("sslcontext") is None
         )
+        trust = server.proxy_trust
+        if trust is not None:
+            peer = self.environ_base.get("REMOTE_ADDR")
+            self.proxy_trust = trust if not peer or trust.trusts(peer) else None  # no peer address: a unix socket
         server.connection_opened(self)
         self._arm_head_deadline()
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClientDisconnected
 from ..protocol.writer import CHUNK_END, error_response, frame_chunk, http_date
+from ..proxy import apply_forwarded
 from .bridge import LoopChannel, WriteFlow
 from .environ import request_environ
 from .files import FileWrapper
@@ -35,6 +36,7 @@ from .input import EmptyInput, InputStream
 
 if TYPE_CHECKING:
     from ..protocol.parser import RequestHead
+    from ..proxy import ProxyTrust
 
 
 class ResponseTarget(Protocol):
@@ -46,6 +48,7 @@ class ResponseTarget(Protocol):
     server_header: bool
     closing: bool
     can_sendfile: bool
+    proxy_trust: ProxyTrust | None
 
     def on_response_data(self, msg: Any) -> None: ...
     def on_response_end(self, msg: Any) -> None: ...
@@ -174,6 +177,8 @@ class WSGICall:
                 conn.root_path,
                 self.input if self.input is not None else _EMPTY_INPUT,
             )
+            if conn.proxy_trust is not None:
+                apply_forwarded(environ, conn.proxy_trust)
             if self._flow.closed:
                 raise ClientDisconnected("client disconnected before the application was called")
             try:
