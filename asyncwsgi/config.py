@@ -263,4 +263,3 @@ def options_table() -> str:
             default = "none" if f.default in (None, ()) else "empty" if f.default == "" else f"`{f.default}`"
         rows.append(f"| {spelled} | `{f.name}` | {default} | {f.metadata['help']} |")
     return "\n".join(rows)
-
