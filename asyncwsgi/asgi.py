@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import anyio
 
+from .accesslog import AccessLogFormat
 from .errors import ClientDisconnected
 from .protocol.parser import RequestHead
 from .proxy import ProxyTrust
@@ -124,6 +125,7 @@ class _Exchange:
     closing = False
     can_sendfile = False
     proxy_trust: ProxyTrust | None = None  # the ASGI server in front handles proxy headers
+    access_format = AccessLogFormat(None)  # unused: access_log is False (the ASGI server logs requests)
 
     def __init__(self, adapter: WSGIToASGI, scope: Scope) -> None:
         self.adapter = adapter

@@ -104,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .runner import configure_logging, run
 
-    configure_logging(config.log_level)
+    try:
+        configure_logging(config.log_level, config.log_config)
+    except ConfigError as exc:
+        print(f"asyncwsgi: error: {exc}", file=sys.stderr)
+        return 2
     if config.workers > 1 or config.reload:
         from .supervisor import supervise
 

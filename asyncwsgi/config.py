@@ -184,6 +184,18 @@ class Config:
     # -- logging ---------------------------------------------------------------------------------------------------
     log_level: str = _opt("info", "Logging level of the asyncwsgi loggers.", choices=LOG_LEVELS)
     access_log: bool = _opt(True, "Log one line per request to the asyncwsgi.access logger.")
+    access_log_format: str | None = _opt(
+        None,
+        "Access log line: gunicorn-style atoms (h remote address, r request line, s status, b bytes, D "
+        "microseconds, {header}i...; see asyncwsgi/accesslog.py), or 'json'. Default: Apache combined.",
+        metavar="FORMAT",
+    )
+    log_config: str | None = _opt(
+        None,
+        "Logging configuration file for logging.config.dictConfig: .json, .toml, or .py defining LOGGING. Loggers: "
+        "asyncwsgi.error and asyncwsgi.access.",
+        metavar="PATH",
+    )
     server_header: bool = _opt(True, "Send a 'Server: asyncwsgi' header unless the app sets one.")
 
     def __post_init__(self) -> None:
@@ -231,8 +243,11 @@ class Config:
             raise bad("--ssl-certfile and --ssl-keyfile go together")
         if self.ssl_ca_certs and not self.ssl_certfile:
             raise bad("--ssl-ca-certs needs --ssl-certfile and --ssl-keyfile")
+        from .accesslog import AccessLogFormat
         from .proxy import ProxyTrust
 
+        if self.access_log_format is not None:
+            AccessLogFormat(self.access_log_format).check()
         ProxyTrust(self.forwarded_allow_ips)  # raises ConfigError on a bad entry
         if self.fd is not None and self.fd < 0:
             raise bad(f"--fd must be a file descriptor number, not {self.fd}")

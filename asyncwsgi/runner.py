@@ -6,7 +6,10 @@ The embedding API (``Server``, ``serve``) never calls into this module.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import json
 import logging
+import logging.config
 import os
 import signal
 import sys
@@ -22,7 +25,8 @@ __all__ = ["configure_logging", "loop_factory", "run"]
 logger = logging.getLogger("asyncwsgi.error")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_config: str | None = None) -> None:
+    """Default handlers on stderr for asyncwsgi's loggers, then the user's dictConfig file on top, if any."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s"))
     for name in ("asyncwsgi.error", "asyncwsgi.access"):
@@ -30,6 +34,43 @@ def configure_logging(level: str) -> None:
         log.setLevel(level.upper())
         log.handlers[:] = [handler]
         log.propagate = False
+    if log_config:
+        config = load_log_config(log_config)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        try:
+            logging.config.dictConfig(config)
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            raise ConfigError(f"--log-config {log_config}: {exc}") from None
+
+
+def load_log_config(path: str) -> dict[str, Any]:
+    """A dictConfig dict from a .json, .toml or .py file (the .py file defines ``LOGGING``)."""
+    try:
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        elif path.endswith(".toml"):
+            try:
+                tomllib = importlib.import_module("tomllib")  # Python 3.11+
+            except ImportError:
+                raise ConfigError("--log-config: TOML needs Python 3.11 or later; use .json or .py") from None
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        elif path.endswith(".py"):
+            namespace: dict[str, Any] = {"__file__": path}
+            with open(path, encoding="utf-8") as f:
+                exec(compile(f.read(), path, "exec"), namespace)  # the user's own config file
+            data = namespace.get("LOGGING")
+        else:
+            raise ConfigError(f"--log-config {path}: use a .json, .toml or .py file")
+    except OSError as exc:
+        raise ConfigError(f"--log-config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSON and TOML decode errors
+        raise ConfigError(f"--log-config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--log-config {path}: expected a dictConfig mapping (a .py file defines LOGGING)")
+    return data
 
 
 def loop_factory(name: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:

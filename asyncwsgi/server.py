@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .accesslog import AccessLogFormat
 from .config import Config
 from .errors import ConfigError
 from .protocol.connection import HTTPConnection
@@ -68,6 +69,7 @@ class Server:
         #: set once ``max_requests`` requests are done
         self.retiring = asyncio.Event()
         self.environ_extra: dict[str, Any] = {"asyncwsgi.config": self.config}
+        self.access_format = AccessLogFormat(self.config.access_log_format)
         self.proxy_trust = ProxyTrust(self.config.forwarded_allow_ips) if self.config.proxy_headers else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: LoopChannel | None = None

@@ -640,7 +640,11 @@ def test_app_dir_replaces_the_current_directory(procs, tmp_path):
     assert_one_line_error(proc.stderr, "'myapp'")
 
 
-ACCESS_RE = r'INFO 127\.0\.0\.1 - - "GET /logged\?q=1 HTTP/1\.1" 200 (\d+) [0-9.]+ms "-" "access-test/1\.0"$'
+# Apache's combined format: host ident user [time] "request line" status bytes "referer" "user agent"
+ACCESS_RE = (
+    r'INFO 127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /logged\?q=1 HTTP/1\.1" 200 (\d+) '
+    r'"-" "access-test/1\.0"$'
+)
 
 
 def test_access_log_on_by_default(procs):
@@ -668,7 +672,7 @@ def test_access_log_fields_from_the_client_cannot_forge_the_line(procs):
         client.close()
     line = proc.wait_for(r'"GET /q').string
     quoted = r'"((?:[^"\\]|\\.)*)"'
-    m = re.search(rf"INFO 127\.0\.0\.1 - - {quoted} (\d{{3}}) (\d+) [0-9.]+ms {quoted} {quoted}$", line)
+    m = re.search(rf"INFO 127\.0\.0\.1 - - \[[^]]+\] {quoted} (\d{{3}}) (\d+) {quoted} {quoted}$", line)
     assert m is not None, f"access log line cannot be parsed unambiguously: {line}"
     assert m.group(2) == "200"
     assert "agent" in m.group(5)

@@ -53,6 +53,7 @@ class HTTPConnection(asyncio.Protocol):
         self._config = config
         self.root_path = config.root_path
         self.access_log = config.access_log
+        self.access_format = server.access_format
         self.server_header = config.server_header
         self.environ_base: dict[str, Any] = {}
         self.closing = False  # read by workers when building a response head

@@ -35,6 +35,7 @@ from .files import FileWrapper
 from .input import EmptyInput, InputStream
 
 if TYPE_CHECKING:
+    from ..accesslog import AccessLogFormat
     from ..protocol.parser import RequestHead
     from ..proxy import ProxyTrust
 
@@ -49,6 +50,7 @@ class ResponseTarget(Protocol):
     closing: bool
     can_sendfile: bool
     proxy_trust: ProxyTrust | None
+    access_format: AccessLogFormat
 
     def on_response_data(self, msg: Any) -> None: ...
     def on_response_end(self, msg: Any) -> None: ...
@@ -490,30 +492,15 @@ class WSGICall:
     def _log_access(self, environ: dict[str, Any]) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
-        status = (self._status or "-")[:3]
-        ms = (time.monotonic() - self._started) * 1000.0
-        access_log.info(
-            '%s - - "%s %s %s" %s %d %.1fms "%s" "%s"',
-            environ.get("REMOTE_ADDR") or "-",
-            self.head.method,
-            _log_escape(self.head.target.decode("latin-1")),
-            environ.get("SERVER_PROTOCOL"),
-            status,
-            self._sent,
-            ms,
-            _log_escape(environ.get("HTTP_REFERER", "-")),
-            _log_escape(environ.get("HTTP_USER_AGENT", "-")),
-        )
-
-
-# Client-supplied text in a log line: quotes, backslashes and control characters escaped (as Apache does), so a
-# request can neither end a quoted field early nor start a line of its own (CWE-117).
-_LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-_LOG_ESCAPES[ord('"')] = '\\"'
-_LOG_ESCAPES[ord("\\")] = "\\\\"
-
-
-def _log_escape(text: str) -> str:
-    if text.isprintable() and '"' not in text and "\\" not in text:
-        return text
-    return text.translate(_LOG_ESCAPES)
+        duration = time.monotonic() - self._started
+        record = {
+            "environ": environ,
+            "method": self.head.method,
+            "target": self.head.target.decode("latin-1"),
+            "status": (self._status or "-")[:3],
+            "bytes": self._sent,
+            "duration": duration,
+            "start_wall": time.time() - duration,
+            "headers": self._headers,
+        }
+        access_log.info("%s", self.conn.access_format.line(record))
