@@ -41,7 +41,17 @@ class Config:
     host: str = _opt("127.0.0.1", "Interface to bind. Local only unless asked: use 0.0.0.0 to listen on all.")
     port: int = _opt(8000, "TCP port to bind (0 picks a free one).")
     uds: str | None = _opt(None, "Bind a unix domain socket at this path instead of host/port.", metavar="PATH")
-    fd: int | None = _opt(None, "Serve on an already-listening socket inherited as this file descriptor.", metavar="N")
+    uds_mode: str | None = _opt(
+        None,
+        "Permissions of the --uds socket file, in octal (e.g. 660: the owner and group may connect).",
+        metavar="OCTAL",
+    )
+    fd: int | None = _opt(
+        None,
+        "Serve on an already-listening socket inherited as this file descriptor. Sockets passed by systemd socket "
+        "activation (LISTEN_FDS) are used without any option.",
+        metavar="N",
+    )
     bind: tuple[str, ...] = _opt(
         (),
         "Gunicorn-style address: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeat to listen on several; "
@@ -249,6 +259,12 @@ class Config:
         if self.access_log_format is not None:
             AccessLogFormat(self.access_log_format).check()
         ProxyTrust(self.forwarded_allow_ips)  # raises ConfigError on a bad entry
+        if self.uds_mode is not None:
+            try:
+                if not 0 <= int(self.uds_mode, 8) <= 0o777:
+                    raise ValueError
+            except ValueError:
+                raise bad(f"--uds-mode must be octal permissions such as 660, not {self.uds_mode!r}") from None
         if self.fd is not None and self.fd < 0:
             raise bad(f"--fd must be a file descriptor number, not {self.fd}")
 

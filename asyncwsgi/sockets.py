@@ -65,6 +65,22 @@ def parse_bind(address: str, default_port: int = 8000) -> ListenSpec:
     return ListenSpec("tcp", host=host or "0.0.0.0", port=port)
 
 
+SD_LISTEN_FDS_START = 3
+
+
+def systemd_fds(environ: dict[str, str] | None = None) -> list[int]:
+    """The sockets systemd passed us (socket activation: LISTEN_FDS, for this process per LISTEN_PID)."""
+    env = os.environ if environ is None else environ
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+        pid = int(env.get("LISTEN_PID", "0"))
+    except ValueError:
+        return []
+    if count <= 0 or pid != os.getpid():
+        return []
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count))
+
+
 def listen_specs(config: Config) -> list[ListenSpec]:
     if config.bind:
         return [parse_bind(b, config.port) for b in config.bind]
@@ -72,6 +88,9 @@ def listen_specs(config: Config) -> list[ListenSpec]:
         return [ListenSpec("fd", fd=config.fd)]
     if config.uds:
         return [ListenSpec("unix", path=config.uds)]
+    activated = systemd_fds()
+    if activated:
+        return [ListenSpec("fd", fd=fd) for fd in activated]
     return [ListenSpec("tcp", host=config.host, port=config.port)]
 
 
@@ -97,7 +116,7 @@ def _bind_tcp(spec: ListenSpec, backlog: int) -> socket.socket:
     return sock
 
 
-def _bind_unix(spec: ListenSpec, backlog: int) -> socket.socket:
+def _bind_unix(spec: ListenSpec, backlog: int, mode: int | None = None) -> socket.socket:
     path = spec.path
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
@@ -116,6 +135,8 @@ def _bind_unix(spec: ListenSpec, backlog: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -148,7 +169,8 @@ def bind_sockets(config: Config) -> list[tuple[ListenSpec, socket.socket]]:
             if spec.kind == "tcp":
                 bound.append((spec, _bind_tcp(spec, config.backlog)))
             elif spec.kind == "unix":
-                bound.append((spec, _bind_unix(spec, config.backlog)))
+                mode = int(config.uds_mode, 8) if config.uds_mode else None
+                bound.append((spec, _bind_unix(spec, config.backlog, mode)))
             else:
                 bound.append((spec, _adopt_fd(spec)))
     except BaseException:
