@@ -85,6 +85,33 @@ _SMALL = 16 * 1024  # join head and body into one bytes object below this body s
 _EMPTY_INPUT = EmptyInput()
 
 
+# Statuses and header names already validated (the same few, over and over), bounded against hostile apps.
+_GOOD_STATUSES: set[str] = set()
+_GOOD_NAMES: dict[str, str] = {}
+_CACHE_MAX = 512
+
+
+def _check_status(status: str) -> None:
+    if type(status) is not str:
+        raise TypeError(f"status must be a str, not {type(status).__name__}")
+    if not _STATUS_RE.match(status):
+        raise ValueError(f"invalid status line {status!r}: expected e.g. '200 OK', without control characters")
+    if not status.isascii():
+        _check_latin1("status", status)
+    if len(_GOOD_STATUSES) < _CACHE_MAX:
+        _GOOD_STATUSES.add(status)
+
+
+def _check_name(name: str) -> str:
+    """Validate a header name; returns it lower-cased."""
+    if not _TOKEN_RE.match(name):
+        raise ValueError(f"invalid response header name {name!r}")
+    lname = name.lower()
+    if len(_GOOD_NAMES) < _CACHE_MAX:
+        _GOOD_NAMES[name] = lname
+    return lname
+
+
 def _check_latin1(what: str, text: str) -> None:
     try:
         text.encode("latin-1")
@@ -218,12 +245,8 @@ class WSGICall:
         elif self._status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
 
-        if type(status) is not str:
-            raise TypeError(f"status must be a str, not {type(status).__name__}")
-        if not _STATUS_RE.match(status):
-            raise ValueError(f"invalid status line {status!r}: expected e.g. '200 OK', without control characters")
-        if not status.isascii():
-            _check_latin1("status", status)
+        if status not in _GOOD_STATUSES:
+            _check_status(status)
         if not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         content_length = None
@@ -236,13 +259,13 @@ class WSGICall:
             name, value = item
             if type(name) is not str or type(value) is not str:
                 raise TypeError(f"response header names and values must be str: {item!r}")
-            if not _TOKEN_RE.match(name):
-                raise ValueError(f"invalid response header name {name!r}")
-            if _BAD_VALUE_RE.search(value):
-                raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
-            if not value.isascii():
+            lname = _GOOD_NAMES.get(name)
+            if lname is None:
+                lname = _check_name(name)
+            if not (value.isascii() and value.isprintable()):  # the common case needs no regex
+                if _BAD_VALUE_RE.search(value):
+                    raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
                 _check_latin1(f"header {name!r}", value)
-            lname = name.lower()
             if lname in _HOP_BY_HOP:
                 if lname == "connection" and value.strip().lower() == "close":
                     keep_alive = False  # the app asks us to close after this response: honoured, not forwarded
