@@ -89,3 +89,9 @@ try:
     asgi_flask = _asgi(flask) if flask is not None else None
 except ImportError:  # pragma: no cover
     asgi = asgi_flask = None
+
+# asyncwsgi's own WSGI-to-ASGI adapter, to compare with a2wsgi under the same ASGI server.
+from asyncwsgi import to_asgi  # noqa: E402
+
+ours = to_asgi(app, threads=64)
+ours_flask = to_asgi(flask, threads=64) if flask is not None else None

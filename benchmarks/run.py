@@ -74,9 +74,12 @@ class ServerSpec:
     only_cases: tuple[str, ...] = ()
 
 
-def _target(app: str, asgi: bool = False) -> str:
-    if asgi:
+def _target(app: str, asgi: str = "") -> str:
+    """The import target: the WSGI app, or it wrapped by a2wsgi (``asgi="a2wsgi"``) or by asyncwsgi's adapter."""
+    if asgi == "a2wsgi":
         return "benchmarks.apps:asgi_flask" if app == "flask" else "benchmarks.apps:asgi"
+    if asgi == "ours":
+        return "benchmarks.apps:ours_flask" if app == "flask" else "benchmarks.apps:ours"
     return f"benchmarks.apps:{app}"
 
 
@@ -164,9 +167,30 @@ SERVERS = [
             "4096",
             "--timeout-keep-alive",
             str(KEEP_ALIVE),
-            _target(app, asgi=True),
+            _target(app, asgi="a2wsgi"),
         ],
         "a2wsgi, 64 threads",
+        True,
+    ),
+    ServerSpec(
+        "uvicorn+to_asgi",
+        "uvicorn",
+        lambda app, port: [
+            PY,
+            "-m",
+            "uvicorn",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--backlog",
+            "4096",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE),
+            _target(app, asgi="ours"),
+        ],
+        "asyncwsgi.to_asgi, 64 threads",
         True,
     ),
     ServerSpec(
