@@ -33,7 +33,7 @@ from .protocol.parser import RequestHead
 from .proxy import ProxyTrust
 from .wsgi.bridge import LoopChannel, WriteFlow
 from .wsgi.call import WSGICall
-from .wsgi.environ import connection_environ
+from .wsgi.environ import connection_environ, remote_of
 from .wsgi.input import BODY_HIGH_WATER, InputStream
 from .wsgi.pool import ThreadPool
 
@@ -131,10 +131,10 @@ class _Exchange:
         self.adapter = adapter
         self.root_path: str = scope.get("root_path", "") or ""
         server, client = scope.get("server"), scope.get("client")
+        self.remote = remote_of(tuple(client) if client else None)
         self.environ_base = connection_environ(
             # ASGI gives lists or tuples; a unix-socket server is (path, None): name and port then come from Host.
             tuple(server) if server and server[1] is not None else None,
-            tuple(client) if client else None,
             scope.get("scheme", "http"),
             self.root_path,
             False,

@@ -21,10 +21,12 @@ from .accesslog import AccessLogFormat
 from .config import Config
 from .errors import ConfigError
 from .protocol.connection import HTTPConnection
+from .protocol.parser import RequestParser
 from .proxy import ProxyTrust
 from .sockets import ListenSpec, bind_sockets
 from .wsgi.bridge import LoopChannel
 from .wsgi.call import WSGICall
+from .wsgi.environ import connection_environ
 from .wsgi.pool import ThreadPool
 
 __all__ = ["Server", "serve"]
@@ -32,6 +34,9 @@ __all__ = ["Server", "serve"]
 logger = logging.getLogger("asyncwsgi.error")
 
 WSGIApp = Callable[..., Iterable[bytes]]
+
+#: Idle request parsers kept for reuse.
+PARSER_POOL = 256
 
 #: Threads started at once when requests find none idle; beyond these the pool grows only while the CPU has room.
 EAGER_THREADS = 4
@@ -87,6 +92,10 @@ class Server:
         self._room = asyncio.Event()
         self._reaper: asyncio.TimerHandle | None = None
         self._addresses: list[Any] = []
+        self._environ_bases: dict[Any, dict[str, Any]] = {}
+        self._parsers: list[RequestParser] = []
+        #: ``wsgi.multiprocess``: set by a supervisor running several workers
+        self.multiprocess = False
         self._ssl: ssl.SSLContext | None = None
         self._reap_interval = 1.0
         self.started = False
@@ -300,6 +309,36 @@ class Server:
     def channel(self) -> LoopChannel:
         assert self._channel is not None
         return self._channel
+
+    def environ_base(self, sockname: Any, tls: bool) -> dict[str, Any]:
+        """The environ keys shared by every request through one listening address (cached: a handful)."""
+        key = (sockname if isinstance(sockname, (tuple, str)) else repr(sockname), tls)
+        base = self._environ_bases.get(key)
+        if base is None:
+            base = connection_environ(
+                sockname, "https" if tls else "http", self.config.root_path, self.multiprocess, self.environ_extra
+            )
+            if len(self._environ_bases) < 64:  # bounded: one per listener, unless sockets are exotic
+                self._environ_bases[key] = base
+        return base
+
+    def take_parser(self, conn: HTTPConnection) -> RequestParser:
+        """A request parser for ``conn``: reused from the pool when one is free (parsers are per active connection,
+        not per connection)."""
+        if self._parsers:
+            parser = self._parsers.pop()
+            parser.rebind(conn)
+            return parser
+        c = self.config
+        return RequestParser(
+            conn, c.limit_request_line, c.limit_request_fields, c.limit_request_headers_size, c.limit_request_body
+        )
+
+    def give_parser(self, parser: RequestParser) -> None:
+        """Return a parser that sits between messages (its state is clean) to the pool."""
+        if len(self._parsers) < PARSER_POOL:
+            parser.rebind(None)
+            self._parsers.append(parser)
 
     def _make_protocol(self) -> HTTPConnection:
         return HTTPConnection(self)

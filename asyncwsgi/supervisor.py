@@ -36,9 +36,14 @@ Protocol between supervisor and workers
 - The supervisor learns that a worker exited from SIGCHLD (it then ``waitpid``\\ s each of its own pids with
   ``WNOHANG``; it never reaps or signals a pid it did not fork) and that it is ready or retiring from the
   socketpair.
-- Replacing a worker (``--max-requests``, SIGHUP) starts the new one first; the old one gets SIGTERM only once the
-  new one is ready, so the listening sockets always have a ready acceptor (and the kernel queues connections in
-  the backlog in between: the supervisor keeps its own copy of every listening socket open).
+- Replacing a worker (``--max-requests``, SIGHUP) starts the new one first; the old one is told to go (``Q`` on
+  its socketpair) only once the new one is ready, so the listening sockets always have a ready acceptor (and the
+  kernel queues connections in the backlog in between: the supervisor keeps its own copy of every listening socket
+  open). A worker told to go *drains* (``_drain``): it stops accepting, answers the next request on each of its
+  connections with ``Connection: close`` and gives idle keep-alive connections up to ``DRAIN_GRACE`` seconds to
+  send one, before the usual graceful shutdown. Closing an idle keep-alive connection at once would race with a
+  client that is sending its next request on it right then (RFC 9112 section 9.6): that request would fail
+  although nothing was wrong with the server.
 - SIGTERM and SIGINT are a graceful stop for a worker (up to ``--timeout-graceful``), however many arrive: signals
   sent to the whole process group (a terminal's Ctrl-C, ``kill -TERM -PGID``, ``timeout``) reach the workers as
   well as the supervisor, and the supervisor forwards its own, so a worker cannot tell a "second" signal from a
@@ -90,6 +95,8 @@ EXIT_INTERNAL = 70
 #: Messages from a worker to the supervisor (one byte each, on the worker's socketpair).
 MSG_READY = b"+"
 MSG_RETIRE = b"R"
+#: From the supervisor to a worker: you are replaced, drain and exit.
+MSG_QUIT = b"Q"
 #: From the supervisor to a worker: cut the requests in flight and exit now.
 MSG_CUT = b"!"
 
@@ -101,6 +108,11 @@ BACKOFF_MAX = 5.0
 KILL_MARGIN = 5.0
 #: After a second SIGTERM/SIGINT: how long workers get to cut their requests before SIGKILL.
 FORCE_WAIT = 1.0
+#: A replaced worker keeps its idle keep-alive connections open up to this long (or ``timeout_graceful`` if
+#: shorter) for the next request, which it answers with ``Connection: close``.
+DRAIN_GRACE = 2.0
+#: How often a draining worker looks for connections that are between two requests.
+DRAIN_STEP = 0.02
 #: The stat-polling file watcher's period.
 POLL_INTERVAL = 0.5
 #: Directories the polling watcher never descends into (besides hidden ones and virtualenvs).
@@ -263,18 +275,18 @@ class _Worker:
     ready: bool = False
     retiring: bool = False  # served its --max-requests: replace it
     outdated: bool = False  # SIGHUP: replace it
-    terms: int = 0  # SIGTERMs sent by us
+    stopping: bool = False  # told to stop (replaced, or the supervisor stops)
     kill_at: float | None = None  # SIGKILL it if it is still alive then
     killed: bool = False
 
     @property
     def replaceable(self) -> bool:
-        return (self.retiring or self.outdated) and not self.terms
+        return (self.retiring or self.outdated) and not self.stopping
 
     @property
     def counted(self) -> bool:
         """One of the ``--workers`` we keep (not being replaced, not stopping)."""
-        return not (self.retiring or self.outdated or self.terms)
+        return not (self.retiring or self.outdated or self.stopping)
 
 
 class _Supervisor(_SignalLoop):
@@ -329,7 +341,7 @@ class _Supervisor(_SignalLoop):
         if signum == signal.SIGHUP:
             if self.stopping:
                 return
-            old = [w for w in self.workers.values() if not w.terms]
+            old = [w for w in self.workers.values() if not w.stopping]
             logger.info("received SIGHUP: replacing %d worker(s) one by one", len(old))
             for w in old:
                 w.outdated = True
@@ -368,7 +380,7 @@ class _Supervisor(_SignalLoop):
         if MSG_READY in data and not worker.ready:
             worker.ready = True
             self.ever_ready = True
-        if MSG_RETIRE in data and not worker.retiring and not worker.terms and not self.stopping:
+        if MSG_RETIRE in data and not worker.retiring and not worker.stopping and not self.stopping:
             worker.retiring = True
             logger.info("worker pid %d reached --max-requests: starting its replacement", worker.pid)
 
@@ -385,7 +397,9 @@ class _Supervisor(_SignalLoop):
         del self.workers[worker.pid]
         self._drop_chan(worker)
         code, words = _exit_description(status)
-        if self.stopping or worker.terms:
+        if self.stopping or worker.stopping:
+            if not worker.ready and code == -signal.SIGTERM and not worker.killed:
+                code = 0  # stopped while still loading the app: nothing was lost
             if code != 0 or worker.killed:
                 if self.stopping:
                     self.unclean = True
@@ -467,22 +481,25 @@ class _Supervisor(_SignalLoop):
         self.stopping = True
         deadline = time.monotonic() + self.config.timeout_graceful + KILL_MARGIN
         for w in self.workers.values():
-            if not w.terms:
-                self._term(w)
-                w.kill_at = deadline
+            # Draining ones too: SIGTERM ends their drain (nobody is left to take their clients' next requests).
+            w.stopping = True
+            with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the pid is still ours
+                os.kill(w.pid, signal.SIGTERM)
+            w.kill_at = min(w.kill_at or deadline, deadline)
         # Close our copies of the listening sockets: once the workers close theirs, new connections are refused
         # instead of waiting in a backlog nobody will accept from.
         _close_sockets(self.bound)
 
     def _stop(self, worker: _Worker) -> None:
-        """Graceful stop of one worker that is being replaced."""
-        self._term(worker)
-        worker.kill_at = time.monotonic() + self.config.timeout_graceful + KILL_MARGIN
-
-    def _term(self, worker: _Worker) -> None:
-        worker.terms += 1
-        with contextlib.suppress(ProcessLookupError):  # not reaped yet, so the pid is still ours
-            os.kill(worker.pid, signal.SIGTERM)
+        """Graceful stop of one worker that is being replaced: it drains, then shuts down."""
+        worker.stopping = True
+        worker.kill_at = time.monotonic() + DRAIN_GRACE + self.config.timeout_graceful + KILL_MARGIN
+        try:
+            assert worker.chan is not None
+            worker.chan.send(MSG_QUIT)
+        except (AssertionError, OSError):  # its end is gone: it is exiting anyway, or a plain stop will do
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
 
     def _drop_chan(self, worker: _Worker) -> None:
         if worker.chan is not None:
@@ -591,17 +608,19 @@ async def _serve_worker(
     pid = os.getpid()
     server = Server(app, config, sockets=sockets, max_requests=max_requests)
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # stop without draining (or end a drain early)
     cutting: list[asyncio.Future[int]] = []
 
     def on_signal(signum: int) -> None:
-        if not stop.is_set():
+        if not hurry.is_set():
             logger.info(
                 "worker pid %d: received %s, shutting down gracefully (up to %gs)",
                 pid,
                 signal.Signals(signum).name,
                 config.timeout_graceful,
             )
-            stop.set()
+        hurry.set()
+        stop.set()
 
     def on_chan() -> None:
         try:
@@ -612,11 +631,17 @@ async def _serve_worker(
             data = b""
         if not data:
             loop.remove_reader(chan.fileno())
-            if not stop.is_set():
+            if not hurry.is_set():
                 logger.warning("worker pid %d: the supervisor is gone: shutting down", pid)
-                stop.set()
-        elif MSG_CUT in data and not cutting:
+            hurry.set()
+            stop.set()
+            return
+        if MSG_QUIT in data and not stop.is_set():
+            logger.info("worker pid %d: replaced: finishing its connections, then shutting down", pid)
+            stop.set()
+        if MSG_CUT in data and not cutting:
             logger.warning("worker pid %d: told to stop now: cutting in-flight requests", pid)
+            hurry.set()
             stop.set()
             cutting.append(asyncio.ensure_future(server.shutdown(0)))
 
@@ -626,7 +651,12 @@ async def _serve_worker(
 
     async def retire() -> None:
         await server.retiring.wait()
-        logger.info("worker pid %d served %d requests: asking for a replacement", pid, server.requests_done)
+        logger.info(
+            "worker pid %d served %d requests (--max-requests %d): asking for a replacement",
+            pid,
+            server.requests_done,
+            max_requests,
+        )
         tell(MSG_RETIRE)
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -656,6 +686,8 @@ async def _serve_worker(
         if max_requests is not None:
             retire_task = loop.create_task(retire())
         await stop.wait()
+        if not hurry.is_set():
+            await _drain(server, min(DRAIN_GRACE, config.timeout_graceful), hurry)
         cut = await server.shutdown(config.timeout_graceful)
     finally:
         if retire_task is not None:
@@ -668,6 +700,41 @@ async def _serve_worker(
         logger.error("worker pid %d: shutdown cut %d request(s) that did not finish in time", pid, cut)
         return EXIT_CUT
     return EXIT_OK
+
+
+async def _drain(server: Server, grace: float, hurry: asyncio.Event) -> None:
+    """Stop accepting, then let clients finish with their connections: each connection found between two requests
+    is marked ``closing``, so that the next request it brings is answered with ``Connection: close`` (and the
+    connection closed after it). Connections busy with a request are left alone until they are found between two
+    requests: marking them mid-response would close them right after a response that may already have promised
+    keep-alive, racing with the client's next request. Waits up to ``grace`` seconds (or until ``hurry``) for the
+    connections to be gone; ``server.shutdown()`` then deals with what is left.
+
+    This reaches into ``Server``'s private state (listeners, accept tasks, connections): it belongs in ``Server``
+    itself, as a drain step of ``shutdown()``."""
+    loop = asyncio.get_running_loop()
+    for task in server._accept_tasks:
+        task.cancel()
+    for _, sock, srv in server._listeners:
+        if srv is not None:
+            srv.close()
+        sock.close()  # uvloop serves a duplicate of the descriptor: close ours too
+    all_closed = server._all_closed
+    assert all_closed is not None
+    deadline = loop.time() + grace
+    while True:
+        for conn in server._connections:
+            if conn.idle:
+                conn.closing = True
+        remaining = deadline - loop.time()
+        if not server._connections or remaining <= 0 or hurry.is_set():
+            return
+        waiters = [asyncio.ensure_future(all_closed.wait()), asyncio.ensure_future(hurry.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=min(remaining, DRAIN_STEP), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
 
 
 # -- --reload ----------------------------------------------------------------------------------------------------------
@@ -793,6 +860,9 @@ def _child_options(config: Config, fds: list[int]) -> list[str]:
         flag = (f.metadata["flags"] or ("--" + f.name.replace("_", "-"),))[-1]
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
+            for item in value:
+                args += [flag, str(item)]
         else:
             args += [flag, str(value)]
     args += ["--app-dir", config.app_dir_abs]

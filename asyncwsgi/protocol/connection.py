@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientDisconnected, ProtocolError
 from ..protocol.writer import CONTINUE, error_response
 from ..wsgi.bridge import WriteFlow
 from ..wsgi.call import SendfileDone, WSGICall
-from ..wsgi.environ import connection_environ
+from ..wsgi.environ import remote_of
 from ..wsgi.input import BODY_HIGH_WATER, InputStream
 from .parser import RequestHead, RequestParser
 
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
     from ..proxy import ProxyTrust
 
 if TYPE_CHECKING:
+    from ..accesslog import AccessLogFormat
+    from ..config import Config
     from ..server import Server
 
 __all__ = ["HTTPConnection"]
@@ -42,35 +43,47 @@ logger = logging.getLogger("asyncwsgi.error")
 
 #: Requests parsed but not yet started, beyond which reading pauses.
 MAX_PIPELINE = 16
+_NO_PIPELINE: list[WSGICall] = []  # shared and never appended to
+
 #: The transport's write-buffer high-water mark (the worker-side limit is ``bridge.HIGH_WATER``).
 TRANSPORT_HIGH_WATER = 256 * 1024
 
 
 class HTTPConnection(asyncio.Protocol):
+    # Slots: thousands of idle keep-alive connections must stay small (benchmarks/ measures bytes per connection).
+    __slots__ = (
+        "_current",
+        "_flow",
+        "_idle",
+        "_lost",
+        "_parser",
+        "_parsing",
+        "_pending_error",
+        "_pipeline",
+        "_read_done",
+        "_read_paused",
+        "_sendfile_task",
+        "_server",
+        "_transport",
+        "can_sendfile",
+        "closing",
+        "deadline",
+        "environ_base",
+        "proxy_trust",
+        "remote",
+    )
+
     def __init__(self, server: Server) -> None:
         self._server = server
-        config = server.config
-        self._config = config
-        self.root_path = config.root_path
-        self.access_log = config.access_log
-        self.access_format = server.access_format
-        self.server_header = config.server_header
         self.environ_base: dict[str, Any] = {}
+        self.remote: tuple[str, str] | None = None
         self.closing = False  # read by workers when building a response head
         self._transport: asyncio.Transport | None = None
-        self._parser = RequestParser(
-            self,
-            config.limit_request_line,
-            config.limit_request_fields,
-            config.limit_request_headers_size,
-            config.limit_request_body,
-        )
-        self._body_timeout = config.timeout_request_body or None
-        self._keep_alive_allowed = config.timeout_keep_alive > 0
+        self._parser: RequestParser | None = None  # taken from the server's pool when bytes arrive
         self._flow = WriteFlow()
         self._current: WSGICall | None = None
         self._parsing: WSGICall | None = None
-        self._pipeline: deque[WSGICall] = deque()
+        self._pipeline: list[WSGICall] = _NO_PIPELINE  # a list of its own once a request waits behind another
         self._pending_error: ProtocolError | None = None
         self._read_paused = False
         self._read_done = False  # no more requests will be read (close asked, protocol switched, client EOF)
@@ -80,11 +93,31 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = 0.0
         self._idle = False
         self._sendfile_task: asyncio.Task[None] | None = None
-        self.requests = 0
         #: set when the peer is a trusted proxy whose forwarding headers are applied to each request's environ
         self.proxy_trust: ProxyTrust | None = None
         #: the loop and transport can send files zero-copy (stdlib loop, plain TCP/unix; not uvloop, not TLS)
         self.can_sendfile = False
+
+    # Settings read by workers, kept on the server rather than in each of thousands of connections.
+    @property
+    def _config(self) -> Config:
+        return self._server.config
+
+    @property
+    def root_path(self) -> str:
+        return self._server.config.root_path
+
+    @property
+    def access_log(self) -> bool:
+        return self._server.config.access_log
+
+    @property
+    def server_header(self) -> bool:
+        return self._server.config.server_header
+
+    @property
+    def access_format(self) -> AccessLogFormat:
+        return self._server.access_format
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------------------
 
@@ -93,22 +126,14 @@ class HTTPConnection(asyncio.Protocol):
         self._transport = transport
         transport.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
         server = self._server
-        self.environ_base = connection_environ(
-            transport.get_extra_info("sockname"),
-            transport.get_extra_info("peername"),
-            "https" if transport.get_extra_info("sslcontext") is not None else "http",
-            self.root_path,
-            False,
-            server.environ_extra,
-        )
-        self.can_sendfile = (
-            type(server.loop).sendfile is not asyncio.AbstractEventLoop.sendfile
-            and transport.get_extra_info("sslcontext") is None
-        )
+        tls = transport.get_extra_info("sslcontext") is not None
+        self.environ_base = server.environ_base(transport.get_extra_info("sockname"), tls)
+        self.remote = remote_of(transport.get_extra_info("peername"))
+        self.can_sendfile = type(server.loop).sendfile is not asyncio.AbstractEventLoop.sendfile and not tls
         trust = server.proxy_trust
         if trust is not None:
-            peer = self.environ_base.get("REMOTE_ADDR")
-            self.proxy_trust = trust if not peer or trust.trusts(peer) else None  # no peer address: a unix socket
+            peer = self.remote
+            self.proxy_trust = trust if peer is None or trust.trusts(peer[0]) else None  # no peer: a unix socket
         server.connection_opened(self)
         self._arm_head_deadline()
 
@@ -118,8 +143,11 @@ class HTTPConnection(asyncio.Protocol):
             self._arm_head_deadline()
         if self._read_done and self._parsing is None:
             return  # no more requests are read; only the body of one being received still is
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = self._server.take_parser(self)
         try:
-            self._parser.feed(data)
+            parser.feed(data)
         except ProtocolError as exc:
             self._reject(exc)
             return
@@ -144,6 +172,7 @@ class HTTPConnection(asyncio.Protocol):
         self._pipeline.clear()
         had_request = self._current is not None
         self._current = None
+        self._parser = None  # not pooled: its state may be an error or a closed message
         self._server.connection_closed(self, had_request)
 
     def pause_writing(self) -> None:
@@ -157,20 +186,23 @@ class HTTPConnection(asyncio.Protocol):
     def on_head(self, head: RequestHead) -> None:
         if self._read_done:
             return  # a request after the last one we meant to read (its body, if any, goes nowhere)
-        self.requests += 1
         self.deadline = 0.0
         stream = None
         if head.has_body:
-            stream = InputStream(self._on_input_request_from_worker, head.expect_continue, self._body_timeout)
+            stream = InputStream(
+                self._on_input_request_from_worker, head.expect_continue, self._config.timeout_request_body or None
+            )
         call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
         self._parsing = call
-        if not self._keep_alive_allowed:
+        if not self._config.timeout_keep_alive:
             head.keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if not head.keep_alive:
             self._read_done = True
         if self._current is None:
             self._start(call)
         else:
+            if self._pipeline is _NO_PIPELINE:
+                self._pipeline = []
             self._pipeline.append(call)
 
     def on_body(self, chunk: bytes) -> None:
@@ -284,15 +316,20 @@ class HTTPConnection(asyncio.Protocol):
             self._send_error(self._pending_error)
             return
         if self._pipeline:
-            self._start(self._pipeline.popleft())
+            self._start(self._pipeline.pop(0))
         elif self._read_done:
             self._close()
             return
-        elif self._parser.in_message:
+        elif self._parser is not None and self._parser.in_message:
             self._arm_head_deadline()  # part of the next request's head is already here
         else:
             self._idle = True
             self.deadline = self._server.loop.time() + self._config.timeout_keep_alive
+            if self._parser is not None:
+                # Between requests a connection needs no parser: back to the pool, so thousands of idle keep-alive
+                # connections hold none (llhttp's state is about 1 KiB).
+                self._server.give_parser(self._parser)
+                self._parser = None
         if self._read_paused:
             self._update_reading()
 
@@ -340,11 +377,12 @@ class HTTPConnection(asyncio.Protocol):
     # -- errors, timers, closing -------------------------------------------------------------------------------------
 
     def _reject(self, exc: ProtocolError) -> None:
+        self._parser = None  # llhttp stays in its error state: never reuse it
         if self._read_done and self._parsing is None:
             return  # bytes after the last request we meant to read (it asked to close): ignored, not an error
         logger.info(
             "bad request from %s: %s (%d)",
-            self.environ_base.get("REMOTE_ADDR") or "client",
+            self.remote[0] if self.remote else "client",
             exc,
             exc.status,
         )
@@ -362,7 +400,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         if self._transport is not None and not self._lost:
-            self._transport.write(error_response(exc.status, str(exc), server_header=self.server_header))
+            self._transport.write(error_response(exc.status, str(exc), server_header=self._config.server_header))
         self._close()
 
     def _arm_head_deadline(self) -> None:
@@ -375,7 +413,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._idle:
             self._close()  # keep-alive timeout: no answer owed
         elif self._current is None and not self._pipeline:
-            logger.info("request head not received in time from %s", self.environ_base.get("REMOTE_ADDR") or "client")
+            logger.info("request head not received in time from %s", self.remote[0] if self.remote else "client")
             self._read_done = True
             self._send_error(ProtocolError("the request head was not received in time", 408))
 

@@ -68,6 +68,7 @@ class RequestSink(Protocol):
     def on_end(self) -> None: ...
 
 
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # never appended to: on_header only runs after on_message_begin
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _EXPECT = b"expect"
@@ -131,6 +132,11 @@ class RequestParser:
         self._head: RequestHead | None = None
         self._upgrading = False
         self._replaying = False
+
+    def rebind(self, sink: RequestSink | None) -> None:
+        """Serve another connection (between messages only: the server pools idle parsers)."""
+        self._sink = sink  # type: ignore[assignment]
+        self._partial_head = 0
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
@@ -290,5 +296,8 @@ class RequestParser:
             self._upgrading = False
             return
         self.in_message = False
+        self._head = None  # an idle keep-alive connection keeps nothing of its last request
+        self._headers = _NO_HEADERS
+        self._url = b""
         self._ended_in_feed = True
         self._sink.on_end()

@@ -75,7 +75,7 @@ class WriteFlow:
         self.paused = False  # loop thread: the transport called pause_writing()
         self.closed = False  # loop thread: the connection is gone
         self._waiting = False
-        self._event = threading.Event()
+        self._event: threading.Event | None = None  # made by the first worker that has to wait (rare)
 
     # -- worker thread -----------------------------------------------------------------------------------------------
 
@@ -89,20 +89,28 @@ class WriteFlow:
                 raise ClientDisconnected("client disconnected")
             if self._ready():
                 return
-            self._event.clear()
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+            event.clear()
             self._waiting = True
             if self.closed or self._ready():
                 self._waiting = False
                 continue
-            self._event.wait()
+            event.wait()
             self._waiting = False
 
     # -- event-loop thread -------------------------------------------------------------------------------------------
 
+    def _wake(self) -> None:
+        # _waiting is only set after the event exists (same worker thread, GIL order).
+        if self._event is not None:
+            self._event.set()
+
     def wrote(self, n: int) -> None:
         self.written += n
         if self._waiting and self._ready():
-            self._event.set()
+            self._wake()
 
     def pause(self) -> None:
         self.paused = True
@@ -110,8 +118,8 @@ class WriteFlow:
     def resume(self) -> None:
         self.paused = False
         if self._waiting and self._ready():
-            self._event.set()
+            self._wake()
 
     def close(self) -> None:
         self.closed = True
-        self._event.set()
+        self._wake()

@@ -41,16 +41,27 @@ if TYPE_CHECKING:
 
 
 class ResponseTarget(Protocol):
-    """What a ``WSGICall`` needs from the loop side: ``HTTPConnection`` in the server, the ASGI adapter's exchange."""
+    """What a ``WSGICall`` needs from the loop side: ``HTTPConnection`` in the server, the ASGI adapter's exchange.
+    The worker only reads these."""
 
-    environ_base: dict[str, Any]
-    root_path: str
-    access_log: bool
-    server_header: bool
-    closing: bool
-    can_sendfile: bool
-    proxy_trust: ProxyTrust | None
-    access_format: AccessLogFormat
+    @property
+    def environ_base(self) -> dict[str, Any]: ...
+    @property
+    def remote(self) -> tuple[str, str] | None: ...
+    @property
+    def root_path(self) -> str: ...
+    @property
+    def access_log(self) -> bool: ...
+    @property
+    def server_header(self) -> bool: ...
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def can_sendfile(self) -> bool: ...
+    @property
+    def proxy_trust(self) -> ProxyTrust | None: ...
+    @property
+    def access_format(self) -> AccessLogFormat: ...
 
     def on_response_data(self, msg: Any) -> None: ...
     def on_response_end(self, msg: Any) -> None: ...
@@ -205,6 +216,7 @@ class WSGICall:
                 self.head,
                 conn.root_path,
                 self.input if self.input is not None else _EMPTY_INPUT,
+                conn.remote,
             )
             if conn.proxy_trust is not None:
                 apply_forwarded(environ, conn.proxy_trust)

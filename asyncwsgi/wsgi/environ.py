@@ -15,7 +15,7 @@ import httptools
 from ..protocol.parser import RequestHead
 from .files import FileWrapper
 
-__all__ = ["ErrorStream", "connection_environ", "request_environ"]
+__all__ = ["ErrorStream", "connection_environ", "remote_of", "request_environ"]
 
 
 class ErrorStream:
@@ -66,13 +66,13 @@ def _header_key(name: bytes) -> str:
 
 def connection_environ(
     sockname: Any,
-    peername: Any,
     url_scheme: str,
     root_path: str,
     multiprocess: bool,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """The keys shared by every request on one connection (loop thread, once per connection)."""
+    """The keys shared by every request through one listening socket (loop thread; the server caches it, so an
+    idle connection costs no dict of its own)."""
     env: dict[str, Any] = {
         "SCRIPT_NAME": root_path,
         "wsgi.version": (1, 0),
@@ -90,20 +90,32 @@ def connection_environ(
     else:
         env["SERVER_NAME"] = "localhost" if not sockname else str(sockname)
         env["SERVER_PORT"] = ""
-    if isinstance(peername, tuple) and peername:
-        env["REMOTE_ADDR"] = str(peername[0])
-        env["REMOTE_PORT"] = str(peername[1])
-    else:
-        env["REMOTE_ADDR"] = ""
     if url_scheme == "https":
         env["HTTPS"] = "on"
     env.update(extra)
     return env
 
 
-def request_environ(base: dict[str, Any], head: RequestHead, root_path: str, wsgi_input: Any) -> dict[str, Any]:
+def remote_of(peername: Any) -> tuple[str, str] | None:
+    """``(REMOTE_ADDR, REMOTE_PORT)`` of a TCP peer; None for a unix socket."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0]), str(peername[1])
+    return None
+
+
+def request_environ(
+    base: dict[str, Any],
+    head: RequestHead,
+    root_path: str,
+    wsgi_input: Any,
+    remote: tuple[str, str] | None,
+) -> dict[str, Any]:
     """The full environ of one request (worker thread)."""
     env = base.copy()
+    if remote is not None:
+        env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
+    else:
+        env["REMOTE_ADDR"] = ""
     target = head.target
     host: bytes | None = None
     if target[:1] == b"/":
