@@ -110,6 +110,12 @@ class Config:
         "the connection closes. 0 waits forever.",
         metavar="SECONDS",
     )
+    timeout_write: float = _opt(
+        60.0,
+        "Close a connection whose client has taken none of its response for this many seconds (its buffers stayed "
+        "full), freeing the worker thread that was waiting on it. 0 waits forever.",
+        metavar="SECONDS",
+    )
     timeout_graceful: float = _opt(
         30.0,
         "On shutdown, how long in-flight requests may run before their connections are cut.",
@@ -184,6 +190,12 @@ class Config:
         "Take the client's address, scheme, host and port from Forwarded / X-Forwarded-* headers, from trusted "
         "peers only (--forwarded-allow-ips).",
     )
+    forwarded_header: str = _opt(
+        "x-forwarded",
+        "Which headers the proxy sets, and the only ones read: x-forwarded (X-Forwarded-For/-Proto/-Host/-Port, "
+        "as nginx and most load balancers) or forwarded (RFC 7239).",
+        choices=("x-forwarded", "forwarded"),
+    )
     forwarded_allow_ips: str = _opt(
         "127.0.0.1",
         "Proxies trusted with --proxy-headers: comma-separated IPs or CIDR networks, or * for any. Unix-socket "
@@ -224,6 +236,7 @@ class Config:
             "thread_idle_timeout",
             "timeout_request_header",
             "timeout_request_body",
+            "timeout_write",
         ):
             if getattr(self, name) < 0:
                 raise bad(f"--{name.replace('_', '-')} must not be negative")
@@ -258,7 +271,7 @@ class Config:
 
         if self.access_log_format is not None:
             AccessLogFormat(self.access_log_format).check()
-        ProxyTrust(self.forwarded_allow_ips)  # raises ConfigError on a bad entry
+        ProxyTrust(self.forwarded_allow_ips, self.forwarded_header)  # raises ConfigError on a bad entry
         if self.uds_mode is not None:
             try:
                 if not 0 <= int(self.uds_mode, 8) <= 0o777:

@@ -1,7 +1,8 @@
 """Behind a reverse proxy: take the client's address, scheme, host and port from ``Forwarded`` (RFC 7239) or
 ``X-Forwarded-For/-Proto/-Host/-Port``, but only from a trusted peer.
 
-``--proxy-headers`` turns it on; ``--forwarded-allow-ips`` lists the trusted proxies (IPs, CIDR networks, or ``*``;
+``--proxy-headers`` turns it on; ``--forwarded-header`` says which family the proxy maintains (only that one is
+read); ``--forwarded-allow-ips`` lists the trusted proxies (IPs, CIDR networks, or ``*``;
 connections over a unix socket are trusted, since the socket's permissions decide who can connect). For a request from
 a trusted peer the forwarding chain is read right to left, skipping trusted proxies; the first untrusted hop is the
 client. Headers from an untrusted peer change nothing.
@@ -24,8 +25,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class ProxyTrust:
     """Which peers may tell us about the client: ``"127.0.0.1,10.0.0.0/8"``, or ``"*"`` for any."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, family: str = "x-forwarded") -> None:
+        if family not in ("x-forwarded", "forwarded"):
+            raise ConfigError(f"--forwarded-header must be x-forwarded or forwarded, not {family!r}")
         self.spec = spec
+        #: which headers the proxy maintains: "x-forwarded" (X-Forwarded-For/-Proto/-Host/-Port) or "forwarded"
+        self.family = family
         self.any = False
         self.networks: list[Network] = []
         for item in (part.strip() for part in spec.split(",")):
@@ -113,14 +118,20 @@ def _pick(values: list[str], index: int, total: int) -> str | None:
 
 def apply_forwarded(environ: dict[str, Any], trust: ProxyTrust) -> None:
     """Rewrite REMOTE_ADDR/REMOTE_PORT, wsgi.url_scheme/HTTPS, HTTP_HOST and SERVER_PORT from the forwarding headers
-    of a request that came from a trusted peer (the caller checked the peer)."""
+    of a request that came from a trusted peer (the caller checked the peer).
+
+    Only one header family is read, the one the proxy maintains (``trust.family``):
+    a proxy that appends to X-Forwarded-For passes a client's own ``Forwarded`` header through untouched, and the
+    other way round, so reading the other family would let a client forge its address."""
     client: str | None = None
     client_port: str | None = None
     proto: str | None = None
     host: str | None = None
     port: str | None = None
-    forwarded = environ.get("HTTP_FORWARDED")
-    if forwarded:
+    if trust.family == "forwarded":
+        forwarded = environ.get("HTTP_FORWARDED")
+        if not forwarded:
+            return
         hops = parse_forwarded(forwarded)
         chosen = None
         for element in reversed(hops):
@@ -164,7 +175,7 @@ def apply_forwarded(environ: dict[str, Any], trust: ProxyTrust) -> None:
             else:
                 environ.pop("HTTPS", None)
     if host and all(c not in host for c in " /\\@"):
-        environ["HTTP_HOST"] = host
+        environ["HTTP_HOST"] = host  # as the client sent it, port included (the proxy should pass $http_host)
     if port and port.isdigit():
         environ["SERVER_PORT"] = port
 

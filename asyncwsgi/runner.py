@@ -128,7 +128,7 @@ async def _main(app: Any, config: Config, loop_name: str) -> int:
     try:
         await server.start()
         for addr in server.addresses:
-            logger.info("listening on %s", _describe(addr))
+            logger.info("listening on %s", _describe(addr, tls=bool(config.ssl_certfile)))
         logger.info("loop %s, up to %d worker threads, pid %d", loop_name, config.threads, os.getpid())
         await stop.wait()
         cut = await server.shutdown(config.timeout_graceful)
@@ -142,8 +142,9 @@ async def _main(app: Any, config: Config, loop_name: str) -> int:
     return 0
 
 
-def _describe(addr: Any) -> str:
+def _describe(addr: Any, tls: bool = False) -> str:
     if isinstance(addr, str):
         return f"unix:{addr}"
     host, port = addr[0], addr[1]
-    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in str(host) else f"{scheme}://{host}:{port}"

@@ -75,7 +75,11 @@ class Server:
         self.retiring = asyncio.Event()
         self.environ_extra: dict[str, Any] = {"asyncwsgi.config": self.config}
         self.access_format = AccessLogFormat(self.config.access_log_format)
-        self.proxy_trust = ProxyTrust(self.config.forwarded_allow_ips) if self.config.proxy_headers else None
+        self.proxy_trust = (
+            ProxyTrust(self.config.forwarded_allow_ips, self.config.forwarded_header)
+            if self.config.proxy_headers
+            else None
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel: LoopChannel | None = None
         self._pool: ThreadPool | None = None
@@ -94,6 +98,7 @@ class Server:
         self._addresses: list[Any] = []
         self._environ_bases: dict[Any, dict[str, Any]] = {}
         self._parsers: list[RequestParser] = []
+        self.write_timeout = self.config.timeout_write
         #: ``wsgi.multiprocess``: set by a supervisor running several workers
         self.multiprocess = False
         self._ssl: ssl.SSLContext | None = None
@@ -182,6 +187,11 @@ class Server:
         expired = [c for c in self._connections if 0.0 < c.deadline <= now]
         for conn in expired:
             conn.on_deadline()
+        if self.write_timeout:
+            limit = now - self.write_timeout
+            stalled = [c for c in self._connections if 0.0 < c.stalled_since <= limit]
+            for conn in stalled:
+                conn.on_write_timeout()
         self._reaper = self.loop.call_later(self._reap_interval, self._reap)
 
     async def __aenter__(self) -> Server:
@@ -380,6 +390,17 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server-side TLS context the config asks for (``ConfigError`` with one line when the files are wrong)."""
     if not config.ssl_certfile:
         return None
+    for option, path in (
+        ("--ssl-certfile", config.ssl_certfile),
+        ("--ssl-keyfile", config.ssl_keyfile),
+        ("--ssl-ca-certs", config.ssl_ca_certs),
+    ):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{option} {path}: {exc.strerror or exc}") from None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
@@ -406,7 +427,7 @@ def _sockname(sock: socket.socket) -> Any:
 
 def _reap_interval(config: Config) -> float:
     """A quarter of the shortest connection timeout, between 50 ms and 1 s."""
-    timeouts = [t for t in (config.timeout_keep_alive, config.timeout_request_header) if t > 0]
+    timeouts = [t for t in (config.timeout_keep_alive, config.timeout_request_header, config.timeout_write) if t > 0]
     return min(1.0, max(0.05, min(timeouts, default=4.0) / 4))
 
 

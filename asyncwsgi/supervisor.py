@@ -104,6 +104,8 @@ MSG_CUT = b"!"
 QUICK_DEATH = 1.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+#: After this many seconds without a quick death, the back-off starts again from ``BACKOFF_FIRST``.
+QUIET = 30.0
 #: Beyond ``timeout_graceful``: how long a stopping worker may take before it gets SIGKILL.
 KILL_MARGIN = 5.0
 #: After a second SIGTERM/SIGINT: how long workers get to cut their requests before SIGKILL.
@@ -140,8 +142,11 @@ def supervise(target: str, config: Config) -> int:
     if config.preload:
         try:
             app = import_app(target, factory=config.factory, app_dir=config.app_dir_abs)
-        except ConfigError as exc:
-            _log_import_error(exc, "")
+        except AppModuleError as exc:  # the same report as the single-process CLI: a line, then the app's traceback
+            print(f"asyncwsgi: error: {exc}; the application's traceback follows:", file=sys.stderr)
+            cause = exc.__cause__
+            if cause is not None:
+                traceback.print_exception(type(cause), cause, _app_frames(cause.__traceback__), file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130
@@ -301,7 +306,8 @@ class _Supervisor(_SignalLoop):
         self.stopping = False
         self.forced = False
         self.unclean = False
-        self.failures = 0  # consecutive quick deaths
+        self.failures = 0  # quick deaths in a row (forgotten after QUIET seconds without one)
+        self.last_failure = 0.0
         self.next_spawn = 0.0
         self.spawn_waiting = False
         self.ever_ready = False
@@ -311,7 +317,12 @@ class _Supervisor(_SignalLoop):
 
     def run(self) -> int:
         _log_listening(self.bound)
-        logger.info("supervisor pid %d, %d workers%s", os.getpid(), self.size, " (app preloaded)" if self.app else "")
+        logger.info(
+            "supervisor pid %d, %d workers%s",
+            os.getpid(),
+            self.size,
+            " (app preloaded)" if self.app is not None else "",
+        )
         self.install_signals()
         try:
             while True:
@@ -423,6 +434,9 @@ class _Supervisor(_SignalLoop):
                 return
         delay = 0.0
         if quick:
+            if now - self.last_failure > QUIET:
+                self.failures = 0
+            self.last_failure = now
             self.failures += 1
             delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
             self.next_spawn = max(self.next_spawn, now + delay)

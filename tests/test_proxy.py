@@ -75,18 +75,36 @@ def test_all_hops_trusted_gives_the_left_most() -> None:
     assert e["REMOTE_ADDR"] == "10.0.0.5"
 
 
-def test_forwarded_takes_precedence_and_uses_the_chosen_element() -> None:
+def test_forwarded_family_uses_the_chosen_element_and_ignores_x_forwarded() -> None:
     e = env(
         forwarded="for=1.1.1.1;proto=http, for=198.51.100.9:1234;proto=https;host=app.example",
         x_forwarded_for="6.6.6.6",
     )
-    apply_forwarded(e, LOCAL)
+    apply_forwarded(e, ProxyTrust("127.0.0.1", "forwarded"))
     assert (e["REMOTE_ADDR"], e["REMOTE_PORT"], e["wsgi.url_scheme"], e["HTTP_HOST"]) == (
         "198.51.100.9",
         "1234",
         "https",
         "app.example",
     )
+
+
+def test_x_forwarded_family_ignores_a_forwarded_header_the_client_sent() -> None:
+    # nginx appends to X-Forwarded-For and passes a client's own Forwarded header through untouched.
+    e = env(forwarded="for=6.6.6.6;proto=https;host=evil.example", x_forwarded_for="203.0.113.7")
+    apply_forwarded(e, LOCAL)
+    assert (e["REMOTE_ADDR"], e["wsgi.url_scheme"], e["HTTP_HOST"]) == ("203.0.113.7", "http", "internal:8000")
+
+
+def test_forwarded_host_is_kept_as_sent_and_the_port_goes_to_server_port() -> None:
+    e = env(x_forwarded_for="203.0.113.7", x_forwarded_host="shop.example:8443", x_forwarded_port="8443")
+    apply_forwarded(e, LOCAL)
+    assert (e["HTTP_HOST"], e["SERVER_PORT"]) == ("shop.example:8443", "8443")
+
+
+def test_unknown_family_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="forwarded-header"):
+        ProxyTrust("127.0.0.1", "x-real-ip")
 
 
 def test_garbage_values_are_ignored() -> None:

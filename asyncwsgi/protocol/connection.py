@@ -71,6 +71,7 @@ class HTTPConnection(asyncio.Protocol):
         "environ_base",
         "proxy_trust",
         "remote",
+        "stalled_since",
     )
 
     def __init__(self, server: Server) -> None:
@@ -92,6 +93,8 @@ class HTTPConnection(asyncio.Protocol):
         #: keep-alive deadline, otherwise the deadline for the request head being received.
         self.deadline = 0.0
         self._idle = False
+        #: ``loop.time()`` when the transport last paused writing (the client stopped reading); 0 when it is not
+        self.stalled_since = 0.0
         self._sendfile_task: asyncio.Task[None] | None = None
         #: set when the peer is a trusted proxy whose forwarding headers are applied to each request's environ
         self.proxy_trust: ProxyTrust | None = None
@@ -155,11 +158,20 @@ class HTTPConnection(asyncio.Protocol):
             self._update_reading()
 
     def eof_received(self) -> bool:
-        # The client half-closed. Keep the transport open only to finish a response whose request is complete.
-        if self._current is not None and self._parsing is None:
-            self._read_done = True  # answer what was asked (pipelined requests too), then close
-            return True
-        return False
+        # The client half-closed. Keep the transport open to answer the complete requests it sent, then close.
+        current = self._current
+        if current is None or self._parsing is current:
+            return False  # nothing to answer, or the request in flight lost the rest of its body: close
+        partial = self._parsing
+        if partial is not None:
+            # A pipelined request whose body never came: it will never be answered.
+            if partial.input is not None:
+                partial.input.abort(ClientDisconnected("client closed before the request body was complete"))
+            if partial in self._pipeline:
+                self._pipeline.remove(partial)
+            self._parsing = None
+        self._read_done = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -177,9 +189,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._flow.pause()
+        if self._server.write_timeout:
+            self.stalled_since = self._server.loop.time()
 
     def resume_writing(self) -> None:
         self._flow.resume()
+        self.stalled_since = 0.0
 
     # -- parser sink -------------------------------------------------------------------------------------------------
 
@@ -292,15 +307,18 @@ class HTTPConnection(asyncio.Protocol):
             self._update_reading()
 
     def on_response_data(self, msg: tuple[WSGICall, bytes | list[bytes]]) -> None:
-        payload = msg[1]
-        if self._lost or self._transport is None:
-            return
+        call, payload = msg
+        transport = self._transport
+        if self._lost or transport is None or transport.is_closing() or call is not self._current:
+            return  # gone, closing (writing would only log errors), or a call that already ended
         self._write(payload)
 
     def on_response_end(self, msg: tuple[WSGICall, bytes | list[bytes], bool]) -> None:
         call, payload, keep_alive = msg
-        if self._lost or self._transport is None:
+        if self._lost or self._transport is None or call is not self._current:
             return
+        if self._transport.is_closing():
+            return  # connection_lost follows and settles the books
         if payload:
             self._write(payload)
         self._current = None
@@ -441,6 +459,12 @@ class HTTPConnection(asyncio.Protocol):
             self._close()
         else:
             self._update_reading()
+
+    def on_write_timeout(self) -> None:
+        """The client took none of its response for ``timeout_write`` seconds: drop it, freeing the worker thread."""
+        self.stalled_since = 0.0
+        logger.info("client %s stopped reading its response: connection closed", self.remote[0] if self.remote else "")
+        self.abort()
 
     def abort(self) -> None:
         """Forceful: drop the connection now."""

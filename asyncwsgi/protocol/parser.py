@@ -8,7 +8,7 @@ escapes ``feed``. Runs on the event-loop thread only.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -75,6 +75,14 @@ _EXPECT = b"expect"
 _HOST = b"host"
 
 
+def _new_llhttp(owner: object) -> Any:
+    """llhttp in its strict default mode, except for the version number: it refuses HTTP/1.2 and HTTP/3.0 alike
+    (400), where RFC 9112 section 2.3 wants 1.x served as 1.1 and RFC 9110 section 15.6.6 a 505 for other majors."""
+    parser = httptools.HttpRequestParser(owner)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
 class RequestParser:
     """Wraps ``httptools.HttpRequestParser``; enforces the request-line and header limits as bytes arrive."""
 
@@ -118,7 +126,7 @@ class RequestParser:
         self._limit_line = limit_line
         self._limit_fields = limit_fields
         self._limit_size = limit_size
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_llhttp(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
@@ -140,7 +148,6 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
-        head_in_progress = self.in_message and not self._head_done
         self._ended_in_feed = False
         try:
             self._parser.feed_data(data)
@@ -161,7 +168,7 @@ class RequestParser:
             # llhttp keeps a header line it has not finished in its own buffer, out of on_header's sight: bound the
             # unfinished head here. When another request ended earlier in this same feed, where this head began is
             # unknown, so it is counted from the next feed on (at most one socket read of slack).
-            if head_in_progress or not self._ended_in_feed:
+            if not self._ended_in_feed:
                 self._partial_head += len(data)
             if self._partial_head > self._limit_size + len(self._url) + 32:  # 32: method, version, separators
                 raise ProtocolError("request header block too large", 431)
@@ -176,7 +183,7 @@ class RequestParser:
         lines = [b"%s %s HTTP/%s\r\n" % (head.method.encode("ascii"), head.target, head.version.encode("ascii"))]
         lines += [b"%s: %s\r\n" % (n, v) for n, v in head.headers if n.lower() != b"upgrade"]
         lines.append(b"\r\n")
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _new_llhttp(self)
         self._replaying = True
         try:
             self._parser.feed_data(b"".join(lines))
@@ -254,7 +261,10 @@ class RequestParser:
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
-            raise ProtocolError(f"HTTP/{version} is not supported", 505)
+            major = version.partition(".")[0]
+            if major != "1":
+                raise ProtocolError(f"HTTP/{version} is not supported", 505)
+            version = "1.1"  # RFC 9112 section 2.3: a higher minor version is served as the highest we know
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
             raise ProtocolError("CONNECT is not supported by a WSGI server", 501)

@@ -149,6 +149,7 @@ class WSGICall:
         "_content_length",
         "_ctx",
         "_environ",
+        "_finished",
         "_flow",
         "_has_date",
         "_has_server",
@@ -192,6 +193,7 @@ class WSGICall:
         self._chunked = False
         self._no_body = head.method == "HEAD"
         self._held: list[bytes] = []
+        self._finished = False
         self._body_known = False
         self._sent = 0
         self._started = 0.0
@@ -237,6 +239,7 @@ class WSGICall:
             self._fail(exc)
         finally:
             self._environ = None
+            self._finished = True  # a write() kept by the app after this must not reach the connection
         if conn.access_log:
             self._log_access(environ)
 
@@ -309,6 +312,8 @@ class WSGICall:
         """PEP 3333's imperative write: data is handed to the loop before this returns."""
         if self._status is None:
             raise RuntimeError("write() called before start_response()")
+        if self._finished:
+            raise RuntimeError("write() called after the response ended")
         if type(data) is not bytes:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
         if data:
@@ -395,8 +400,9 @@ class WSGICall:
         for name, value in self._headers:
             parts += (name, ": ", value, "\r\n")
         keep_alive = self._keep_alive and not self.conn.closing
-        if self.head.expect_continue and self.input is not None and not self.input.received:
-            keep_alive = False  # we never asked for the body: the client may or may not send it, so close
+        body = self.input
+        if body is not None and ((self.head.expect_continue and not body.received) or body.failed):
+            keep_alive = False  # we never asked for the body (the client may or may not send it), or it broke off
         if self._content_length is None and not (self._no_body and self.head.method != "HEAD"):
             if body_length is not None and (body_length or not self._no_body):
                 parts += ("Content-Length: ", str(body_length), "\r\n")

@@ -414,7 +414,8 @@ INVALID_HEAD = [
     pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n folded\r\n\r\n", 400, id="obs-fold"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400, id="nul-in-value"),
     pytest.param(b"GET / HTTP/1.1\r\nHost: h\r\nNoColon\r\n\r\n", 400, id="header-without-colon"),
-    pytest.param(b"GET / HTTP/1.7\r\nHost: h\r\n\r\n", 400, id="bad-version"),
+    pytest.param(b"GET / HTTP/1.x\r\nHost: h\r\n\r\n", 400, id="bad-version"),
+    pytest.param(b"GET / HTTP/3.0\r\nHost: h\r\n\r\n", 505, id="unsupported-major-version"),
     pytest.param(b"GET / HTTX/1.1\r\nHost: h\r\n\r\n", 400, id="bad-protocol-name"),
     pytest.param(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, id="http2-preface"),
     pytest.param(b"\x00\x01\x02\x03 garbage \xff\xfe\r\n\r\n", 400, id="binary-garbage"),
@@ -783,3 +784,10 @@ def test_property_arbitrary_bytes_parse_or_protocol_error(data: bytes, cuts: lis
 def test_property_mutated_requests_parse_or_protocol_error(data: bytes, cuts: list[int]) -> None:
     _check_feed([data])
     _check_feed(_split(data, cuts))
+
+
+def test_higher_minor_version_is_served_as_1_1() -> None:
+    """RFC 9112 section 2.3: a message with a higher minor version is processed as the highest we implement."""
+    sink = RecordingSink()
+    RequestParser(sink).feed(b"GET / HTTP/1.7\r\nHost: h\r\n\r\n")
+    assert sink.events[0][0] == "head" and sink.events[0][1].version == "1.1"
