@@ -13,12 +13,12 @@ Workers (``--workers N``, N > 1)
     app. It restarts workers that die (back-off when they die quickly), replaces them on ``--max-requests`` and on
     SIGHUP, and turns SIGTERM/SIGINT into a graceful stop of every worker.
 
-    **Worker** (a ``fork()`` of the supervisor): resets the supervisor's signal handlers, imports the app (unless
-    preloaded), runs a ``Server`` on the inherited sockets on a fresh event loop, and leaves with ``os._exit`` (it
-    never returns into the CLI's code). It talks to the supervisor over its end of the socketpair: one byte
-    ``+`` once it accepts connections, one byte ``R`` once it has served its ``--max-requests``. EOF on that
-    socketpair means the supervisor is gone: the worker then stops gracefully on its own, so a killed supervisor
-    never leaves workers behind.
+    **Worker** (a ``fork()`` of the supervisor): puts back the signal handlers the supervisor replaced (SIGINT
+    stays ignored until it serves), imports the app (unless preloaded), runs a ``Server`` on the inherited sockets
+    on a fresh event loop, and leaves with ``os._exit`` (it never returns into the CLI's code). It talks to the
+    supervisor over its end of the socketpair: one byte ``+`` once it accepts connections, one byte ``R`` once it
+    has served its ``--max-requests``. EOF on that socketpair means the supervisor is gone: the worker then stops
+    gracefully on its own, so a killed supervisor never leaves workers behind.
 
 Reload (``--reload``, development)
     **Reloader** (the CLI process): binds the listening sockets, starts the **server process** and watches the
@@ -409,8 +409,10 @@ class _Supervisor(_SignalLoop):
         self._drop_chan(worker)
         code, words = _exit_description(status)
         if self.stopping or worker.stopping:
-            if not worker.ready and code == -signal.SIGTERM and not worker.killed:
-                code = 0  # stopped while still loading the app: nothing was lost
+            if code == -signal.SIGTERM and not worker.killed:
+                # Our SIGTERM's default action: the worker was still loading the app, or had already finished its
+                # shutdown (its handlers are installed only while it serves). Nothing was lost either way.
+                code = 0
             if code != 0 or worker.killed:
                 if self.stopping:
                     self.unclean = True
@@ -559,6 +561,9 @@ class _Supervisor(_SignalLoop):
             code = EXIT_INTERNAL
             try:
                 self.restore_in_child()
+                # Until it serves (and installs its own handlers): a terminal's Ctrl-C must not become a
+                # KeyboardInterrupt traceback in the middle of the app's import; the supervisor's SIGTERM stops us.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 ours.close()
                 for w in self.workers.values():
@@ -709,7 +714,8 @@ async def _serve_worker(
         if reading:
             loop.remove_reader(chan.fileno())
         for sig in installed:
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # puts back SIG_DFL...
+            signal.signal(sig, signal.SIG_IGN)  # ...but we are leaving anyway: a late SIGTERM must not kill us
     if cut:
         logger.error("worker pid %d: shutdown cut %d request(s) that did not finish in time", pid, cut)
         return EXIT_CUT
