@@ -39,6 +39,12 @@ from .wsgi.pool import ThreadPool
 
 __all__ = ["WSGIToASGI", "to_asgi"]
 
+#: While the app is behind on the request body, how often to take one more message from receive() so that a
+#: client that left is noticed: ASGI reports disconnects only there.
+PAUSED_PEEK = 0.25
+#: Request body buffered for an app that is behind, past which receive() is only called every PAUSED_PEEK.
+PEEK_CAP = 4 * BODY_HIGH_WATER
+
 logger = logging.getLogger("asyncwsgi.error")
 
 Scope = MutableMapping[str, Any]
@@ -78,6 +84,13 @@ class WSGIToASGI:
             self._pool = ThreadPool(self.threads, self._idle_timeout, name="asyncwsgi-asgi")
         return self._pool
 
+    def close(self) -> None:
+        """Stop the adapter's idle threads (busy ones finish their request first). Lifespan shutdown does this;
+        call it yourself when the adapter is mounted where lifespan events do not reach it (a Starlette ``Mount``)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -98,9 +111,7 @@ class WSGIToASGI:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._pool is not None:
-                    self._pool.shutdown()
-                    self._pool = None
+                self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -113,7 +124,10 @@ def _head_from_scope(scope: Scope) -> RequestHead:
     target = raw_path + b"?" + query if query else raw_path
     headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
     version = "1.0" if scope.get("http_version") == "1.0" else "1.1"
-    return RequestHead(scope.get("method", "GET"), target, version, headers, True, None, False, False, False)
+    expect = version == "1.1" and any(
+        name.lower() == b"expect" and value.strip().lower() == b"100-continue" for name, value in headers
+    )
+    return RequestHead(scope.get("method", "GET"), target, version, headers, True, None, False, expect, False)
 
 
 class _Exchange:
@@ -123,6 +137,7 @@ class _Exchange:
     access_log = False
     server_header = False
     closing = False
+    draining = False
     can_sendfile = False
     proxy_trust: ProxyTrust | None = None  # the ASGI server in front handles proxy headers
     access_format = AccessLogFormat(None)  # unused: access_log is False (the ASGI server logs requests)
@@ -144,14 +159,17 @@ class _Exchange:
         self.head = _head_from_scope(scope)
         self.channel = LoopChannel(_call_soon_threadsafe())
         self.flow = WriteFlow()
-        self.input = InputStream(self._from_worker)
+        self.input = InputStream(self._from_worker, self.head.expect_continue)
         send_stream, receive_stream = anyio.create_memory_object_stream[tuple[str, Any]](math.inf)
         self._out = send_stream
         self._out_receive = receive_stream
         self._more: anyio.Event | None = None
+        self._continue: anyio.Event | None = None
 
     async def run(self, receive: Receive, send: Send) -> None:
         call = ASGICall(self, self.head, self.input, self.adapter.app, self.channel, self.flow)
+        # Made before the worker starts: its first read may ask for the body before pump() runs.
+        self._continue = anyio.Event() if self.head.expect_continue else None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.pump, receive)
             self.adapter.pool.submit(call.run, None)
@@ -170,19 +188,30 @@ class _Exchange:
         self.channel.post(self.on_input_request, what)
 
     def on_input_request(self, what: str) -> None:
-        if what == InputStream.WANT_MORE and self._more is not None:
+        if what == InputStream.WANT_CONTINUE and self._continue is not None:
+            self._continue.set()
+        elif what == InputStream.WANT_MORE and self._more is not None:
             self.input.paused = False
             self._more.set()
 
     async def pump(self, receive: Receive) -> None:
         """Feed the body into ``wsgi.input`` with flow control, then watch for the client leaving."""
         stream = self.input
+        if self._continue is not None:
+            # Some servers (uvicorn) send "100 Continue" on the first receive(): not before the app reads.
+            await self._continue.wait()
         while True:
             if not stream.complete and stream.buffered >= BODY_HIGH_WATER:
+                # The app is behind: ask it to say when it has read (stream.pause). ASGI reports a disconnect only
+                # through receive(), possibly queued behind body messages, so up to PEEK_CAP keep receiving, and
+                # beyond it look once every PAUSED_PEEK seconds (one message each time).
                 self._more = anyio.Event()
                 stream.pause()
-                await self._more.wait()
-                continue
+                if stream.buffered >= PEEK_CAP:
+                    with anyio.move_on_after(PAUSED_PEEK):
+                        await self._more.wait()
+                    if self._more.is_set():
+                        continue
             message = await receive()
             kind = message["type"]
             if kind == "http.request":
@@ -239,8 +268,15 @@ class ASGICall(WSGICall):
     def _start_message(self, body_length: int | None) -> Message:
         status = self._status or "500 Internal Server Error"
         headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self._headers]
-        if self._content_length is None and body_length is not None and (body_length or not self._no_body):
+        head = self.head.method == "HEAD"
+        if (
+            self._content_length is None
+            and body_length is not None
+            and (not self._no_body or (head and body_length))  # never for 1xx/204/304 (RFC 9110 section 8.6)
+        ):
             headers.append((b"content-length", str(body_length).encode("ascii")))
+        if not self._keep_alive and self.head.keep_alive:
+            headers.append((b"connection", b"close"))  # the app asked for it (start_response took it out)
         return {"type": "http.response.start", "status": int(status[:3]), "headers": headers}
 
     def _frame_data(self, data: bytes) -> tuple[Any, int]:

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"asyncwsgi: error: {exc}", file=sys.stderr)
         return 2
-    if config.workers > 1 or config.reload:
+    if config.workers > 1 or config.reload or config.max_requests is not None:
         from .supervisor import supervise
 
         try:
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"asyncwsgi: error: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # a Ctrl-C before the signal handlers were installed
+            return 130
     try:
         app = import_app(ns.app, factory=config.factory, app_dir=config.app_dir_abs)
     except AppModuleError as exc:

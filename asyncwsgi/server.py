@@ -96,6 +96,7 @@ class Server:
         self._room = asyncio.Event()
         self._reaper: asyncio.TimerHandle | None = None
         self._addresses: list[Any] = []
+        self._draining = False
         self._environ_bases: dict[Any, dict[str, Any]] = {}
         self._parsers: list[RequestParser] = []
         self.write_timeout = self.config.timeout_write
@@ -224,8 +225,25 @@ class Server:
             self._wakeup.set()
         return await asyncio.shield(self._shutdown_task)
 
-    async def _shutdown(self) -> int:
-        loop = self.loop
+    async def drain(self, grace: float) -> None:
+        """Stop accepting and let clients leave on their own, for up to ``grace`` seconds: every connection's next
+        response head says ``Connection: close`` and the connection closes after it. A response whose head already
+        promised keep-alive is not cut short; the request after it gets the ``close``. Closing idle keep-alive
+        connections at once instead would race with a client that is sending its next request right then
+        (RFC 9112 section 9.6). Call ``shutdown()`` afterwards for what is left (idle connections that sent
+        nothing more). Used to replace a worker without dropping a request."""
+        if not self.started or self._draining:
+            return
+        self._draining = True
+        self._stop_listening()
+        for conn in self._connections:
+            conn.draining = True
+        all_closed = self._all_closed
+        assert all_closed is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(all_closed.wait(), grace)
+
+    def _stop_listening(self) -> None:
         for task in self._accept_tasks:
             task.cancel()
         for _, sock, srv in self._listeners:
@@ -233,6 +251,10 @@ class Server:
                 srv.close()
             # uvloop serves a duplicate of the descriptor: close ours too, or the kernel keeps queueing connections
             sock.close()
+
+    async def _shutdown(self) -> int:
+        loop = self.loop
+        self._stop_listening()
         for conn in list(self._connections):
             conn.shutdown()
         all_closed = self._all_closed
@@ -359,6 +381,8 @@ class Server:
         self._all_closed.clear()
         if self._shutdown_task is not None:
             conn.shutdown()
+        elif self._draining:
+            conn.draining = True
 
     def connection_closed(self, conn: HTTPConnection, had_request: bool) -> None:
         self._connections.discard(conn)

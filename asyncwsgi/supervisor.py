@@ -39,7 +39,7 @@ Protocol between supervisor and workers
 - Replacing a worker (``--max-requests``, SIGHUP) starts the new one first; the old one is told to go (``Q`` on
   its socketpair) only once the new one is ready, so the listening sockets always have a ready acceptor (and the
   kernel queues connections in the backlog in between: the supervisor keeps its own copy of every listening socket
-  open). A worker told to go *drains* (``_drain``): it stops accepting, answers the next request on each of its
+  open). A worker told to go *drains* (``Server.drain``): it stops accepting, answers the next request on each of its
   connections with ``Connection: close`` and gives idle keep-alive connections up to ``DRAIN_GRACE`` seconds to
   send one, before the usual graceful shutdown. Closing an idle keep-alive connection at once would race with a
   client that is sending its next request on it right then (RFC 9112 section 9.6): that request would fail
@@ -114,7 +114,6 @@ FORCE_WAIT = 1.0
 #: shorter) for the next request, which it answers with ``Connection: close``.
 DRAIN_GRACE = 2.0
 #: How often a draining worker looks for connections that are between two requests.
-DRAIN_STEP = 0.02
 #: The stat-polling file watcher's period.
 POLL_INTERVAL = 0.5
 #: Directories the polling watcher never descends into (besides hidden ones and virtualenvs).
@@ -171,10 +170,13 @@ def _close_sockets(bound: list[tuple[ListenSpec, socket.socket]]) -> None:
                 os.unlink(spec.path)
 
 
-def _log_listening(bound: list[tuple[ListenSpec, socket.socket]]) -> None:
+def _log_listening(bound: list[tuple[ListenSpec, socket.socket]], tls: bool) -> None:
     for _, sock in bound:
         name = sock.getsockname()
-        logger.info("listening on %s", _describe(tuple(name[:2]) if isinstance(name, tuple) else name))
+        logger.info(
+            "listening on %s",
+            _describe(tuple(name[:2]) if isinstance(name, tuple) else name, tls=tls),
+        )
 
 
 def _exit_description(status: int) -> tuple[int, str]:
@@ -316,7 +318,7 @@ class _Supervisor(_SignalLoop):
     # -- main loop ---------------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        _log_listening(self.bound)
+        _log_listening(self.bound, bool(self.config.ssl_certfile))
         logger.info(
             "supervisor pid %d, %d workers%s",
             os.getpid(),
@@ -626,6 +628,7 @@ async def _serve_worker(
     loop = asyncio.get_running_loop()
     pid = os.getpid()
     server = Server(app, config, sockets=sockets, max_requests=max_requests)
+    server.multiprocess = config.workers > 1  # wsgi.multiprocess
     stop = asyncio.Event()
     hurry = asyncio.Event()  # stop without draining (or end a drain early)
     cutting: list[asyncio.Future[int]] = []
@@ -706,7 +709,12 @@ async def _serve_worker(
             retire_task = loop.create_task(retire())
         await stop.wait()
         if not hurry.is_set():
-            await _drain(server, min(DRAIN_GRACE, config.timeout_graceful), hurry)
+            draining = asyncio.ensure_future(server.drain(min(DRAIN_GRACE, config.timeout_graceful)))
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait([draining, hurried], return_when=asyncio.FIRST_COMPLETED)
+            hurried.cancel()
+            if not draining.done():
+                draining.cancel()
         cut = await server.shutdown(config.timeout_graceful)
     finally:
         if retire_task is not None:
@@ -720,41 +728,6 @@ async def _serve_worker(
         logger.error("worker pid %d: shutdown cut %d request(s) that did not finish in time", pid, cut)
         return EXIT_CUT
     return EXIT_OK
-
-
-async def _drain(server: Server, grace: float, hurry: asyncio.Event) -> None:
-    """Stop accepting, then let clients finish with their connections: each connection found between two requests
-    is marked ``closing``, so that the next request it brings is answered with ``Connection: close`` (and the
-    connection closed after it). Connections busy with a request are left alone until they are found between two
-    requests: marking them mid-response would close them right after a response that may already have promised
-    keep-alive, racing with the client's next request. Waits up to ``grace`` seconds (or until ``hurry``) for the
-    connections to be gone; ``server.shutdown()`` then deals with what is left.
-
-    This reaches into ``Server``'s private state (listeners, accept tasks, connections): it belongs in ``Server``
-    itself, as a drain step of ``shutdown()``."""
-    loop = asyncio.get_running_loop()
-    for task in server._accept_tasks:
-        task.cancel()
-    for _, sock, srv in server._listeners:
-        if srv is not None:
-            srv.close()
-        sock.close()  # uvloop serves a duplicate of the descriptor: close ours too
-    all_closed = server._all_closed
-    assert all_closed is not None
-    deadline = loop.time() + grace
-    while True:
-        for conn in server._connections:
-            if conn.idle:
-                conn.closing = True
-        remaining = deadline - loop.time()
-        if not server._connections or remaining <= 0 or hurry.is_set():
-            return
-        waiters = [asyncio.ensure_future(all_closed.wait()), asyncio.ensure_future(hurry.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=min(remaining, DRAIN_STEP), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
 
 
 # -- --reload ----------------------------------------------------------------------------------------------------------
@@ -905,7 +878,7 @@ class _Reloader(_SignalLoop):
         self.unclean = False
 
     def run(self) -> int:
-        _log_listening(self.bound)
+        _log_listening(self.bound, bool(self.config.ssl_certfile))
         root = self.config.app_dir_abs
         watcher: _PollWatcher | _WatchfilesWatcher
         try:

@@ -68,6 +68,7 @@ class HTTPConnection(asyncio.Protocol):
         "can_sendfile",
         "closing",
         "deadline",
+        "draining",
         "environ_base",
         "proxy_trust",
         "remote",
@@ -79,6 +80,8 @@ class HTTPConnection(asyncio.Protocol):
         self.environ_base: dict[str, Any] = {}
         self.remote: tuple[str, str] | None = None
         self.closing = False  # read by workers when building a response head
+        #: the server is draining: the next response head says Connection: close (read by workers)
+        self.draining = False
         self._transport: asyncio.Transport | None = None
         self._parser: RequestParser | None = None  # taken from the server's pool when bytes arrive
         self._flow = WriteFlow()

@@ -57,6 +57,8 @@ class ResponseTarget(Protocol):
     @property
     def closing(self) -> bool: ...
     @property
+    def draining(self) -> bool: ...
+    @property
     def can_sendfile(self) -> bool: ...
     @property
     def proxy_trust(self) -> ProxyTrust | None: ...
@@ -399,7 +401,8 @@ class WSGICall:
         parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n"]
         for name, value in self._headers:
             parts += (name, ": ", value, "\r\n")
-        keep_alive = self._keep_alive and not self.conn.closing
+        conn = self.conn
+        keep_alive = self._keep_alive and not conn.closing and not conn.draining
         body = self.input
         if body is not None and ((self.head.expect_continue and not body.received) or body.failed):
             keep_alive = False  # we never asked for the body (the client may or may not send it), or it broke off
