@@ -59,14 +59,17 @@ def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) 
     return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
 
 
-def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
-    """The running backend's way to run a callable on its loop thread, from another thread."""
+def _running_loop() -> tuple[object, Callable[[Callable[[], object]], object]]:
+    """The running event loop (asyncio's loop or trio's token) and its way to run a callable on its thread, from
+    another thread."""
     try:
-        return asyncio.get_running_loop().call_soon_threadsafe
+        loop = asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: trio (anyio's other backend)
         import trio
 
-        return trio.lowlevel.current_trio_token().run_sync_soon
+        token = trio.lowlevel.current_trio_token()
+        return token, token.run_sync_soon
+    return loop, loop.call_soon_threadsafe
 
 
 class WSGIToASGI:
@@ -77,12 +80,43 @@ class WSGIToASGI:
         self.threads = threads
         self._idle_timeout = thread_idle_timeout
         self._pool: ThreadPool | None = None
+        # Per running loop: the channel workers post through (kept with a strong reference to its loop, so an id is
+        # never reused for another), and environ bases per (server, scheme, root_path). Both small and bounded.
+        self._channels: dict[int, tuple[object, LoopChannel]] = {}
+        self._bases: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     @property
     def pool(self) -> ThreadPool:
         if self._pool is None:
-            self._pool = ThreadPool(self.threads, self._idle_timeout, name="asyncwsgi-asgi")
+            schedule = None
+            try:
+                schedule = asyncio.get_running_loop().call_later  # adaptive growth, as in the server
+            except RuntimeError:
+                pass  # trio: threads start whenever a request finds none idle
+            self._pool = ThreadPool(
+                self.threads, self._idle_timeout, name="asyncwsgi-asgi", eager_threads=4, schedule=schedule
+            )
         return self._pool
+
+    def channel(self) -> LoopChannel:
+        owner, call_soon_threadsafe = _running_loop()
+        entry = self._channels.get(id(owner))
+        if entry is not None and entry[0] is owner:
+            return entry[1]
+        channel = LoopChannel(call_soon_threadsafe)
+        if len(self._channels) >= 16:
+            self._channels.clear()
+        self._channels[id(owner)] = (owner, channel)
+        return channel
+
+    def environ_base(self, server: Any, scheme: str, root_path: str) -> dict[str, Any]:
+        key = (server, scheme, root_path)
+        base = self._bases.get(key)
+        if base is None:
+            base = connection_environ(server, scheme, root_path, False, {})
+            if len(self._bases) < 64:
+                self._bases[key] = base
+        return base
 
     def close(self) -> None:
         """Stop the adapter's idle threads (busy ones finish their request first). Lifespan shutdown does this;
@@ -124,10 +158,20 @@ def _head_from_scope(scope: Scope) -> RequestHead:
     target = raw_path + b"?" + query if query else raw_path
     headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
     version = "1.0" if scope.get("http_version") == "1.0" else "1.1"
-    expect = version == "1.1" and any(
-        name.lower() == b"expect" and value.strip().lower() == b"100-continue" for name, value in headers
+    expect = chunked = False
+    content_length: int | None = None
+    for name, value in headers:
+        if len(name) in (6, 14, 17):
+            lname = name.lower()
+            if lname == b"content-length" and value.strip().isdigit():
+                content_length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"expect" and version == "1.1" and value.strip().lower() == b"100-continue":
+                expect = True
+    return RequestHead(
+        scope.get("method", "GET"), target, version, headers, True, content_length, chunked, expect, False
     )
-    return RequestHead(scope.get("method", "GET"), target, version, headers, True, None, False, expect, False)
 
 
 class _Exchange:
@@ -147,19 +191,21 @@ class _Exchange:
         self.root_path: str = scope.get("root_path", "") or ""
         server, client = scope.get("server"), scope.get("client")
         self.remote = remote_of(tuple(client) if client else None)
-        self.environ_base = connection_environ(
+        base = adapter.environ_base(
             # ASGI gives lists or tuples; a unix-socket server is (path, None): name and port then come from Host.
             tuple(server) if server and server[1] is not None else None,
             scope.get("scheme", "http"),
             self.root_path,
-            False,
-            {"asgi.scope": scope},
         )
+        self.environ_base = {**base, "asgi.scope": scope}
         self._client_gone = False
-        self.head = _head_from_scope(scope)
-        self.channel = LoopChannel(_call_soon_threadsafe())
+        self.head = head = _head_from_scope(scope)
+        self.channel = adapter.channel()
         self.flow = WriteFlow()
-        self.input = InputStream(self._from_worker, self.head.expect_continue)
+        # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body (RFC 9112 section 6.3); HTTP/2 and 3
+        # carry bodies without saying so in a header.
+        has_body = head.chunked or bool(head.content_length) or scope.get("http_version", "1.1") not in ("1.0", "1.1")
+        self.input: InputStream | None = InputStream(self._from_worker, head.expect_continue) if has_body else None
         send_stream, receive_stream = anyio.create_memory_object_stream[tuple[str, Any]](math.inf)
         self._out = send_stream
         self._out_receive = receive_stream
@@ -190,7 +236,7 @@ class _Exchange:
     def on_input_request(self, what: str) -> None:
         if what == InputStream.WANT_CONTINUE and self._continue is not None:
             self._continue.set()
-        elif what == InputStream.WANT_MORE and self._more is not None:
+        elif what == InputStream.WANT_MORE and self._more is not None and self.input is not None:
             self.input.paused = False
             self._more.set()
 
@@ -201,7 +247,7 @@ class _Exchange:
             # Some servers (uvicorn) send "100 Continue" on the first receive(): not before the app reads.
             await self._continue.wait()
         while True:
-            if not stream.complete and stream.buffered >= BODY_HIGH_WATER:
+            if stream is not None and not stream.complete and stream.buffered >= BODY_HIGH_WATER:
                 # The app is behind: ask it to say when it has read (stream.pause). ASGI reports a disconnect only
                 # through receive(), possibly queued behind body messages, so up to PEEK_CAP keep receiving, and
                 # beyond it look once every PAUSED_PEEK seconds (one message each time).
@@ -215,7 +261,7 @@ class _Exchange:
             message = await receive()
             kind = message["type"]
             if kind == "http.request":
-                if not stream.complete:
+                if stream is not None and not stream.complete:
                     body = message.get("body", b"")
                     if body:
                         stream.feed(body)
@@ -227,7 +273,8 @@ class _Exchange:
                 return
 
     def _gone(self, why: str) -> None:
-        self.input.abort(ClientDisconnected(why))
+        if self.input is not None:
+            self.input.abort(ClientDisconnected(why))
         self.flow.close()
 
     # -- loop side: the response ---------------------------------------------------------------------------------

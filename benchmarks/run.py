@@ -59,7 +59,7 @@ CASES = [
     Case("stream-1m", "/stream", connections=16, note="1 MiB streamed without Content-Length"),
     Case("post-64k", "/post", post_bytes=65536, note="64 KiB POST read fully"),
     Case("flask-json", "/json", app="flask", note="Flask JSON route"),
-    Case("sleep-20ms", "/sleep", connections=256, note="app sleeps 20 ms (thread-bound), 256 connections"),
+    Case("sleep-20ms", "/sleep", connections=256, note="app sleeps 20 ms (thread-bound)"),
     Case("idle-5000", "/hello", idle=5000, note="/hello with 5,000 idle keep-alive connections open"),
 ]
 
