@@ -65,6 +65,7 @@ class HTTPConnection(asyncio.Protocol):
         "_sendfile_task",
         "_server",
         "_transport",
+        "_wbuf",
         "can_sendfile",
         "closing",
         "deadline",
@@ -98,6 +99,9 @@ class HTTPConnection(asyncio.Protocol):
         self._idle = False
         #: ``loop.time()`` when the transport last paused writing (the client stopped reading); 0 when it is not
         self.stalled_since = 0.0
+        #: response bytes taken from the channel in this drain, written once at its end (one writev for a streamed
+        #: body's several chunks)
+        self._wbuf: list[bytes] | None = None
         self._sendfile_task: asyncio.Task[None] | None = None
         #: set when the peer is a trusted proxy whose forwarding headers are applied to each request's environ
         self.proxy_trust: ProxyTrust | None = None
@@ -314,7 +318,21 @@ class HTTPConnection(asyncio.Protocol):
         transport = self._transport
         if self._lost or transport is None or transport.is_closing() or call is not self._current:
             return  # gone, closing (writing would only log errors), or a call that already ended
-        self._write(payload)
+        buf = self._wbuf
+        if buf is None:
+            self._wbuf = buf = []
+            self._server.channel.after_drain(self._flush)
+        if isinstance(payload, bytes):
+            buf.append(payload)
+        else:
+            buf.extend(payload)
+
+    def _flush(self) -> None:
+        buf = self._wbuf
+        self._wbuf = None
+        transport = self._transport
+        if buf and not self._lost and transport is not None and not transport.is_closing():
+            self._write(buf if len(buf) > 1 else buf[0])
 
     def on_response_end(self, msg: tuple[WSGICall, bytes | list[bytes], bool]) -> None:
         call, payload, keep_alive = msg
@@ -322,7 +340,13 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self._transport.is_closing():
             return  # connection_lost follows and settles the books
-        if payload:
+        if self._wbuf is not None:
+            if isinstance(payload, bytes):
+                self._wbuf.append(payload)
+            else:
+                self._wbuf.extend(payload)
+            self._flush()
+        elif payload:
             self._write(payload)
         self._current = None
         self._server.request_done()
@@ -356,6 +380,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_response_abort(self, call: WSGICall) -> None:
         if self._current is call:
+            self._flush()  # what was sent of the response goes out before the close
             self._current = None
             self._server.request_done()
         if self._pending_error is not None and not self._lost and not call.headers_sent:
@@ -369,6 +394,7 @@ class HTTPConnection(asyncio.Protocol):
             done.error = ClientDisconnected("client disconnected")
             done.event.set()
             return
+        self._flush()
         if head:
             self._write(head)
         task = self._server.loop.create_task(self._sendfile(file, offset, count, done))

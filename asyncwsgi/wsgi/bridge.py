@@ -37,6 +37,7 @@ class LoopChannel:
         self._call_soon_threadsafe = call_soon_threadsafe
         self._items: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._scheduled = False
+        self._after: list[Callable[[], object]] = []
 
     # -- worker threads ----------------------------------------------------------------------------------------------
 
@@ -62,6 +63,19 @@ class LoopChannel:
                 fn(arg)
             except Exception:
                 logger.exception("error in the event loop while handling a worker's message")
+        after = self._after
+        if after:
+            self._after = []
+            for callback in after:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("error in the event loop after handling workers' messages")
+
+    def after_drain(self, callback: Callable[[], object]) -> None:
+        """Loop thread, during a drain: run ``callback`` once this drain's messages are handled (to coalesce
+        several messages' writes into one)."""
+        self._after.append(callback)
 
 
 class WriteFlow:

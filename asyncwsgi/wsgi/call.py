@@ -458,13 +458,19 @@ class WSGICall:
         if self._no_body:
             head = self._head(None)
             return head, len(head)
+        size = len(data)
+        if size >= _SMALL:
+            # Large chunks are never copied: the pieces go to the transport as they are (one writev).
+            pieces = [self._head(None)] if not self.headers_sent else []
+            if self._chunked:
+                pieces += (b"%x\r\n" % size, data, b"\r\n")
+            else:
+                pieces.append(data)
+            return pieces, sum(map(len, pieces))
         if not self.headers_sent:
             head = self._head(None)
-            body = frame_chunk(data) if self._chunked else data
-            if len(body) < _SMALL:
-                payload = head + body
-                return payload, len(payload)
-            return [head, body], len(head) + len(body)
+            payload = head + (frame_chunk(data) if self._chunked else data)
+            return payload, len(payload)
         payload = frame_chunk(data) if self._chunked else data
         return payload, len(payload)
 
