@@ -42,6 +42,9 @@ __all__ = ["WSGIToASGI", "to_asgi"]
 #: While the app is behind on the request body, how often to take one more message from receive() so that a
 #: client that left is noticed: ASGI reports disconnects only there.
 PAUSED_PEEK = 0.25
+#: Response bytes handed to the worker's loop but not yet taken by ``send()``, above which the worker waits. Small:
+#: the ASGI server keeps its own buffer, and ``send()`` returning is already its backpressure.
+ASGI_HIGH_WATER = 64 * 1024
 #: Request body buffered for an app that is behind, past which receive() is only called every PAUSED_PEEK.
 PEEK_CAP = 4 * BODY_HIGH_WATER
 
@@ -201,7 +204,7 @@ class _Exchange:
         self._client_gone = False
         self.head = head = _head_from_scope(scope)
         self.channel = adapter.channel()
-        self.flow = WriteFlow()
+        self.flow = WriteFlow(ASGI_HIGH_WATER)
         # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body (RFC 9112 section 6.3); HTTP/2 and 3
         # carry bodies without saying so in a header.
         has_body = head.chunked or bool(head.content_length) or scope.get("http_version", "1.1") not in ("1.0", "1.1")

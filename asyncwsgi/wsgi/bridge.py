@@ -81,9 +81,10 @@ class LoopChannel:
 class WriteFlow:
     """Per-connection response flow control; see the module docstring for who writes which field."""
 
-    __slots__ = ("_event", "_waiting", "closed", "paused", "queued", "written")
+    __slots__ = ("_event", "_waiting", "closed", "high_water", "paused", "queued", "written")
 
-    def __init__(self) -> None:
+    def __init__(self, high_water: int = HIGH_WATER) -> None:
+        self.high_water = high_water
         self.queued = 0  # worker thread: bytes posted
         self.written = 0  # loop thread: bytes handed to the transport
         self.paused = False  # loop thread: the transport called pause_writing()
@@ -94,7 +95,7 @@ class WriteFlow:
     # -- worker thread -----------------------------------------------------------------------------------------------
 
     def _ready(self) -> bool:
-        return not self.paused and self.queued - self.written <= HIGH_WATER
+        return not self.paused and self.queued - self.written <= self.high_water
 
     def wait(self) -> None:
         """Block while the client is behind; raise ``ClientDisconnected`` if it left."""

@@ -1,0 +1,37 @@
+"""The app for ``slowclients.py``: a 64 MiB response streamed in 64 KiB chunks, and its ASGI wrappings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+CHUNK = b"z" * 65536
+
+
+def _big() -> Iterator[bytes]:
+    for _ in range(1024):
+        yield CHUNK
+
+
+def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return _big()
+
+
+def _ours() -> Any:
+    from asyncwsgi import to_asgi
+
+    return to_asgi(app)
+
+
+def _a2wsgi() -> Any:
+    from a2wsgi import WSGIMiddleware
+
+    return WSGIMiddleware(app, workers=64)
+
+
+ours = _ours()
+try:
+    a2wsgi_app = _a2wsgi()
+except ImportError:  # pragma: no cover - a2wsgi is in the bench extra
+    a2wsgi_app = None
