@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"asyncwsgi: error: {exc}; the application's traceback follows:", file=sys.stderr)
         cause = exc.__cause__
         if cause is not None:
-            traceback.print_exception(type(cause), cause, _app_frames(cause.__traceback__), file=sys.stderr)
+            traceback.print_exception(type(cause), cause, app_frames(cause.__traceback__), file=sys.stderr)
         return 1
     except ConfigError as exc:
         print(f"asyncwsgi: error: {exc}", file=sys.stderr)
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _app_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+def app_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     """The traceback from the app's own code on: our importer's and importlib's frames are noise to the user."""
     start = tb
     while start is not None:

@@ -192,9 +192,9 @@ def _exit_description(status: int) -> tuple[int, str]:
 
 
 def _app_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    from .cli import _app_frames as frames  # the CLI's rule: start at the app's own frames
+    from .cli import app_frames  # the CLI's rule: start at the app's own frames (imported late: cli imports us)
 
-    return frames(tb)
+    return app_frames(tb)
 
 
 def _log_import_error(exc: ConfigError, prefix: str) -> None:
