@@ -99,10 +99,8 @@ class Server:
         self._draining = False
         self._environ_bases: dict[Any, dict[str, Any]] = {}
         self._parsers: list[RequestParser] = []
-        self.write_timeout = self.config.timeout_write
         #: ``wsgi.multiprocess``: set by a supervisor running several workers
         self.multiprocess = False
-        self._ssl: ssl.SSLContext | None = None
         self._reap_interval = 1.0
         self.started = False
 
@@ -124,10 +122,10 @@ class Server:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._stopped = asyncio.Event()
-        self._ssl = tls_context(self.config)
+        context = tls_context(self.config)
         tls: dict[str, Any] = {}
-        if self._ssl is not None:
-            tls = {"ssl": self._ssl, "ssl_handshake_timeout": self.config.timeout_request_header or None}
+        if context is not None:
+            tls = {"ssl": context, "ssl_handshake_timeout": self.config.timeout_request_header or None}
         if self._given_sockets is not None:
             bound = [(_spec_of(sock), sock) for sock in self._given_sockets]
             for _, sock in bound:
@@ -182,17 +180,21 @@ class Server:
                 self._accepting -= 1
 
     def _reap(self) -> None:
-        """Every ``_reap_interval`` seconds: fire the deadlines of connections whose time is up (slow heads,
-        idle keep-alives). One periodic timer per server instead of timer handles per request."""
+        """Every ``_reap_interval`` seconds, one pass over the connections: fire the deadlines whose time is up (slow
+        heads, idle keep-alives) and drop clients that have taken none of their response for ``timeout_write``. One
+        periodic timer per server instead of timer handles per request."""
         now = self.loop.time()
-        expired = [c for c in self._connections if 0.0 < c.deadline <= now]
+        write_limit = now - self.config.timeout_write if self.config.timeout_write else 0.0
+        expired, stalled = [], []
+        for conn in self._connections:  # act after the pass: closing changes the set
+            if 0.0 < conn.deadline <= now:
+                expired.append(conn)
+            elif 0.0 < conn.stalled_since <= write_limit:
+                stalled.append(conn)
         for conn in expired:
             conn.on_deadline()
-        if self.write_timeout:
-            limit = now - self.write_timeout
-            stalled = [c for c in self._connections if 0.0 < c.stalled_since <= limit]
-            for conn in stalled:
-                conn.on_write_timeout()
+        for conn in stalled:
+            conn.on_write_timeout()
         self._reaper = self.loop.call_later(self._reap_interval, self._reap)
 
     async def __aenter__(self) -> Server:

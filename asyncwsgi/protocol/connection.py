@@ -7,11 +7,12 @@ worker affects the connection, and only this class touches the transport.
 Lifecycle of a request: the parser calls ``on_head`` -> a ``WSGICall`` is made and submitted to the pool (or queued
 behind the one in flight: pipelined requests are answered in order, one app call at a time); body bytes go to the
 call's ``InputStream``; the worker posts response bytes; ``on_response_end`` writes the last bytes, then closes the
-connection or starts the next queued call or the keep-alive timer.
+connection or starts the next queued call or sets the keep-alive deadline (deadlines are fired by the server's
+periodic sweep, not by a timer per connection).
 
 Reading is paused while any of these holds: a request body's buffer is above its high-water mark, too many requests
 are queued behind the one in flight, or the connection is finishing (a close was asked, an error is pending, or the
-protocol switched). Errors in the client's bytes become one canned response and a close, here and nowhere else.
+body in progress timed out). Errors in the client's bytes become one canned response and a close, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from ..wsgi.input import BODY_HIGH_WATER, InputStream
 from .parser import RequestHead, RequestParser
 
 if TYPE_CHECKING:
-    from ..proxy import ProxyTrust
-
-if TYPE_CHECKING:
     from ..accesslog import AccessLogFormat
     from ..config import Config
+    from ..proxy import ProxyTrust
     from ..server import Server
 
 __all__ = ["HTTPConnection"]
@@ -102,6 +101,7 @@ class HTTPConnection(asyncio.Protocol):
         #: response bytes taken from the channel in this drain, written once at its end (one writev for a streamed
         #: body's several chunks)
         self._wbuf: list[bytes] | None = None
+        #: the sendfile in progress: held here because asyncio keeps only a weak reference to running tasks
         self._sendfile_task: asyncio.Task[None] | None = None
         #: set when the peer is a trusted proxy whose forwarding headers are applied to each request's environ
         self.proxy_trust: ProxyTrust | None = None
@@ -196,7 +196,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._flow.pause()
-        if self._server.write_timeout:
+        if self._config.timeout_write:
             self.stalled_since = self._server.loop.time()
 
     def resume_writing(self) -> None:
@@ -246,13 +246,16 @@ class HTTPConnection(asyncio.Protocol):
         stream = call.input if call is not None else None
         return stream if stream is not None and stream.buffered >= BODY_HIGH_WATER else None
 
-    def _should_pause(self) -> bool:
+    def _must_stop(self) -> bool:
+        """Reasons to stop reading other than a full body buffer."""
         return (
             (self._read_done and self._parsing is None)
             or self._pending_error is not None
             or len(self._pipeline) >= MAX_PIPELINE
-            or self._body_full() is not None
         )
+
+    def _should_pause(self) -> bool:
+        return self._must_stop() or self._body_full() is not None
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -260,7 +263,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         # Decide once: a worker may drain the body concurrently, and the stream must learn it caused the pause.
         full = self._body_full()
-        pause = full is not None or self._should_pause()
+        pause = full is not None or self._must_stop()
         if pause and not self._read_paused:
             self._read_paused = True
             transport.pause_reading()
@@ -308,7 +311,9 @@ class HTTPConnection(asyncio.Protocol):
             if call is not None and not call.headers_sent and self._transport is not None:
                 self._transport.write(CONTINUE)
         elif what == InputStream.WANT_CLOSE:
-            # The body timed out: read no more; the connection closes once the app's response is done.
+            # The body timed out: read no more of it; the connection closes once the app's response is done.
+            if call is not None and self._parsing is call:
+                self._parsing = None
             self._stop_reading()
         else:
             self._update_reading()
@@ -318,6 +323,11 @@ class HTTPConnection(asyncio.Protocol):
         transport = self._transport
         if self._lost or transport is None or transport.is_closing() or call is not self._current:
             return  # gone, closing (writing would only log errors), or a call that already ended
+        self._queue(payload)
+
+    def _queue(self, payload: bytes | list[bytes]) -> None:
+        """Hold response bytes until the end of this drain (``_flush``), so that several messages' bytes for this
+        connection leave in one write."""
         buf = self._wbuf
         if buf is None:
             self._wbuf = buf = []
@@ -340,11 +350,8 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self._transport.is_closing():
             return  # connection_lost follows and settles the books
-        if self._wbuf is not None:
-            if isinstance(payload, bytes):
-                self._wbuf.append(payload)
-            else:
-                self._wbuf.extend(payload)
+        if self._wbuf is not None:  # earlier chunks of this response are waiting for the end of the drain
+            self._queue(payload)
             self._flush()
         elif payload:
             self._write(payload)
@@ -397,8 +404,8 @@ class HTTPConnection(asyncio.Protocol):
         self._flush()
         if head:
             self._write(head)
-        task = self._server.loop.create_task(self._sendfile(file, offset, count, done))
-        self._sendfile_task = task
+        # The worker waits on ``done``, which the task sets however it ends.
+        self._sendfile_task = self._server.loop.create_task(self._sendfile(file, offset, count, done))
 
     async def _sendfile(self, file: Any, offset: int, count: int, done: SendfileDone) -> None:
         transport = self._transport

@@ -150,7 +150,6 @@ class WSGICall:
         "_chunked",
         "_content_length",
         "_ctx",
-        "_environ",
         "_finished",
         "_flow",
         "_has_date",
@@ -199,7 +198,6 @@ class WSGICall:
         self._body_known = False
         self._sent = 0
         self._started = 0.0
-        self._environ: dict[str, Any] | None = None
         #: set (worker thread) once the response head has been posted; read by the loop for 100-continue.
         self.headers_sent = False
 
@@ -215,7 +213,7 @@ class WSGICall:
         environ: dict[str, Any] = {}
         result: Any = None
         try:
-            environ = self._environ = request_environ(
+            environ = request_environ(
                 conn.environ_base,
                 self.head,
                 conn.root_path,
@@ -240,7 +238,6 @@ class WSGICall:
         except BaseException as exc:  # SystemExit from an app is an app error too; the server goes on
             self._fail(exc)
         finally:
-            self._environ = None
             self._finished = True  # a write() kept by the app after this must not reach the connection
         if conn.access_log:
             self._log_access(environ)
@@ -525,11 +522,10 @@ class WSGICall:
         self._post(self.conn.on_response_end, (self, payload, keep_alive))
 
     def _fail(self, exc: BaseException) -> None:
-        env = self._environ or {}
         error_log.error(
             "error in the application for %s %s",
             self.head.method,
-            env.get("RAW_URI", "?"),
+            self.head.target.decode("latin-1"),
             exc_info=exc,
         )
         if self.headers_sent:

@@ -28,7 +28,7 @@ _DISCARDED = ClientDisconnected("the response is complete; the rest of the reque
 class InputStream:
     """A blocking, file-like request body fed by the loop. Follows PEP 3333's ``wsgi.input`` (input terminated)."""
 
-    # loop->worker signals for request_loop
+    # what the worker asks the loop for, through request_loop
     WANT_CONTINUE = "continue"
     WANT_MORE = "more"
     WANT_CLOSE = "close"
