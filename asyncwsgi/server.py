@@ -118,6 +118,7 @@ class Server:
             self.config.thread_idle_timeout,
             eager_threads=EAGER_THREADS,
             schedule=loop.call_later,
+            defer=loop.call_soon,
         )
         self._all_closed = asyncio.Event()
         self._all_closed.set()

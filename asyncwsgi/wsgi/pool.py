@@ -11,6 +11,13 @@ doubles the thread count (bounded by the queue and ``max_threads``). A CPU-bound
 threads that hand the loop several responses per wake-up, and an I/O-bound one grows to what it needs in tens of
 milliseconds.
 
+Batching. While the process is using a full CPU (sampled every ``SAMPLE_INTERVAL``), jobs submitted during one
+event-loop iteration are held and handed over together at its end (``defer``: ``loop.call_soon``). Handing a job to
+an idle thread wakes it, and on a busy CPU the woken thread preempts the loop only to find the GIL taken: about two
+context switches per request. Held until the loop is done with the iteration's reads, the jobs reach a thread that
+can take the GIL at once and run them back to back. Below that load a job is handed over at once, which is what an
+app that mostly waits (on I/O, ``sleep``) wants: its latency, not the CPU, is then what counts.
+
 Jobs wait in a FIFO queue whose depth is readable (``queued``); when the pool is at ``max_threads`` and jobs wait, a
 rate-limited warning says so, so a starved pool is never silent.
 """
@@ -33,8 +40,11 @@ Scheduler = Callable[[float, Callable[[], None]], object]
 
 #: Seconds between growth checks while jobs wait.
 GROW_INTERVAL = 0.01
-#: Process CPU use (fraction of one core) at or above which waiting jobs do not start more threads.
+#: Process CPU use (fraction of one core) at or above which waiting jobs do not start more threads, and submissions
+#: are batched.
 CPU_SATURATED = 0.85
+#: Seconds between samples of the CPU use that turns batching on or off.
+SAMPLE_INTERVAL = 0.1
 
 
 class ThreadPool:
@@ -46,9 +56,12 @@ class ThreadPool:
         *,
         eager_threads: int | None = None,
         schedule: Scheduler | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """``schedule(delay, fn)`` runs ``fn`` later on the submitting thread (``loop.call_later``); without it, or
-        with ``eager_threads`` unset, every job that finds no idle thread starts one (up to ``max_threads``)."""
+        with ``eager_threads`` unset, every job that finds no idle thread starts one (up to ``max_threads``).
+        ``defer(fn)`` runs ``fn`` on the submitting thread once it is done with what it is doing now
+        (``loop.call_soon``); without it jobs are never batched."""
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
@@ -68,6 +81,11 @@ class ThreadPool:
         self._counter = 0
         self._shutdown = False
         self._last_warning = 0.0
+        self._defer = defer
+        self._batching = False
+        self._held: list[Job] = []
+        self._sample_cpu = time.process_time()
+        self._sample_wall = time.monotonic()
 
     # -- any thread --------------------------------------------------------------------------------------------------
 
@@ -79,7 +97,7 @@ class ThreadPool:
     @property
     def queued(self) -> int:
         """Jobs waiting for a thread."""
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     # -- event-loop thread -------------------------------------------------------------------------------------------
 
@@ -87,6 +105,33 @@ class ThreadPool:
         """Run ``fn(arg)`` on a worker thread; never blocks."""
         if self._shutdown:
             raise RuntimeError("the thread pool is shut down")
+        if self._defer is not None:
+            now = time.monotonic()
+            if now - self._sample_wall >= SAMPLE_INTERVAL:
+                self._sample(now)
+            if self._batching:
+                held = self._held
+                held.append((fn, arg))
+                if len(held) == 1:
+                    self._defer(self._release)
+                return
+        self._hand_over(fn, arg)
+
+    def _sample(self, now: float) -> None:
+        cpu = time.process_time()
+        self._batching = cpu - self._sample_cpu >= CPU_SATURATED * (now - self._sample_wall)
+        self._sample_cpu, self._sample_wall = cpu, now
+
+    def _release(self) -> None:
+        """Hand over the jobs held during the loop iteration that just ended."""
+        held = self._held
+        self._held = []
+        if self._shutdown:
+            return  # the server stopped before they could start; their connections are gone
+        for fn, arg in held:
+            self._hand_over(fn, arg)
+
+    def _hand_over(self, fn: Callable[[Any], object], arg: Any) -> None:
         self._queue.put((fn, arg))
         lock = self._lock
         with lock:

@@ -166,6 +166,9 @@ class _FakeClock:
     def monotonic(self) -> float:
         return self.now
 
+    def process_time(self) -> float:
+        return 0.0
+
 
 def test_starvation_warning_is_logged_and_rate_limited(make_pool, caplog, monkeypatch):
     error_logger = logging.getLogger("asyncwsgi.error")

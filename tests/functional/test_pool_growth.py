@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from wsgiref.validate import validator
 
 import pytest
 
@@ -146,3 +147,111 @@ def test_an_io_bound_app_gets_threads_through_the_server(server, raw) -> None:  
         gate.set()
     for c in clients:
         assert c.read_response().body == b"ok"
+
+
+class Deferred:
+    """Stands in for ``loop.call_soon``: what the pool defers runs when the test says the iteration ended."""
+
+    def __init__(self) -> None:
+        self.pending: list[Callable[[], None]] = []
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        self.pending.append(fn)
+
+    def end_iteration(self) -> None:
+        todo, self.pending = self.pending, []
+        for fn in todo:
+            fn()
+
+
+def _counting_job(done: threading.Semaphore) -> Callable[[object], None]:
+    def job(_: object) -> None:
+        done.release()
+
+    return job
+
+
+@pytest.fixture
+def sample_every_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "SAMPLE_INTERVAL", 0.0)
+
+
+def _saturated() -> float:
+    """A process clock that runs ten times faster than the wall clock: saturated, whatever the jitter between two
+    samples microseconds apart."""
+    return 10 * time.monotonic()
+
+
+def test_a_saturated_cpu_batches_jobs_until_the_loop_iteration_ends(
+    monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
+) -> None:
+    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
+    deferred = Deferred()
+    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    done = threading.Semaphore(0)
+    job = _counting_job(done)
+    try:
+        for _ in range(5):
+            pool.submit(job, None)
+        assert pool.queued == 5
+        assert pool.threads == 0  # nothing handed over, no thread woken or started
+        assert len(deferred.pending) == 1  # one hand-over for the whole iteration
+        deferred.end_iteration()
+        for _ in range(5):
+            assert done.acquire(timeout=5), "a held job never ran"
+    finally:
+        pool.shutdown()
+
+
+def test_a_cpu_with_room_hands_each_job_over_at_once(
+    monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
+) -> None:
+    monkeypatch.setattr(pool_module.time, "process_time", lambda: 0.0)  # no CPU used at all
+    deferred = Deferred()
+    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    done = threading.Semaphore(0)
+    try:
+        for _ in range(3):
+            pool.submit(_counting_job(done), None)
+        for _ in range(3):
+            assert done.acquire(timeout=5), "a job waited although the CPU had room"
+        assert deferred.pending == []
+    finally:
+        pool.shutdown()
+
+
+def test_jobs_held_when_the_pool_shuts_down_are_dropped(
+    monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
+) -> None:
+    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
+    deferred = Deferred()
+    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    ran = threading.Event()
+    pool.submit(lambda _: ran.set(), None)
+    pool.shutdown()
+    deferred.end_iteration()  # must neither raise nor run the job
+    assert pool.threads == 0
+    assert not ran.is_set()
+
+
+def test_batched_hand_over_serves_keep_alive_and_pipelined_clients(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, sample_every_submit: None, server, raw
+) -> None:
+    """Through a real server, with the CPU reading as saturated so that every request goes through the batch."""
+    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    s = server(validator(app))
+    clients = [raw(s) for _ in range(16)]
+    for i, c in enumerate(clients):
+        c.send(b"".join(b"GET /%d/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (i, j) for j in range(3)))
+    for round_ in range(2):
+        for i, c in enumerate(clients):
+            for j in range(3):
+                assert c.read_response().body == b"/%d/%d" % (i, j + 3 * round_)
+            if round_ == 0:
+                c.send(b"".join(b"GET /%d/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (i, j) for j in range(3, 6)))
