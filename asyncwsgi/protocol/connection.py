@@ -161,7 +161,14 @@ class HTTPConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._reject(exc)
             return
-        if self._read_paused is not self._should_pause():
+        # Fast path: a whole request without a body, nothing queued behind it: no reason to pause, none to resume.
+        if (
+            self._read_paused
+            or self._parsing is not None
+            or self._pipeline
+            or self._read_done
+            or self._pending_error is not None
+        ) and self._read_paused is not self._should_pause():
             self._update_reading()
 
     def eof_received(self) -> bool:
@@ -209,14 +216,16 @@ class HTTPConnection(asyncio.Protocol):
         if self._read_done:
             return  # a request after the last one we meant to read (its body, if any, goes nowhere)
         self.deadline = 0.0
+        server = self._server
+        config = server.config
         stream = None
-        if head.has_body:
+        if head.chunked or head.content_length:
             stream = InputStream(
-                self._on_input_request_from_worker, head.expect_continue, self._config.timeout_request_body or None
+                self._on_input_request_from_worker, head.expect_continue, config.timeout_request_body or None
             )
-        call = WSGICall(self, head, stream, self._server.app, self._server.channel, self._flow)
+        call = WSGICall(self, head, stream, server.app, server.channel, self._flow)
         self._parsing = call
-        if not self._config.timeout_keep_alive:
+        if not config.timeout_keep_alive:
             head.keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if not head.keep_alive:
             self._read_done = True
@@ -376,7 +385,8 @@ class HTTPConnection(asyncio.Protocol):
             self._arm_head_deadline()  # part of the next request's head is already here
         else:
             self._idle = True
-            self.deadline = self._server.loop.time() + self._config.timeout_keep_alive
+            server = self._server
+            self.deadline = server.loop.time() + server.config.timeout_keep_alive
             if self._parser is not None:
                 # Between requests a connection needs no parser: back to the pool, so thousands of idle keep-alive
                 # connections hold none (llhttp's state is about 1 KiB).
@@ -458,8 +468,9 @@ class HTTPConnection(asyncio.Protocol):
         self._close()
 
     def _arm_head_deadline(self) -> None:
-        timeout = self._config.timeout_request_header
-        self.deadline = self._server.loop.time() + timeout if timeout > 0 else 0.0
+        server = self._server
+        timeout = server.config.timeout_request_header
+        self.deadline = server.loop.time() + timeout if timeout > 0 else 0.0
 
     def on_deadline(self) -> None:
         """Called by the server's reaper when ``deadline`` has passed."""

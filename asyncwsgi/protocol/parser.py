@@ -73,6 +73,8 @@ _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
 _EXPECT = b"expect"
 _HOST = b"host"
+#: The usual methods' names, decoded once (llhttp accepts only methods it knows, so this needs no bound).
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
 
 def _new_llhttp(owner: object) -> Any:
@@ -227,7 +229,7 @@ class RequestParser:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._limit_size:
             raise ProtocolError("request header block too large", 431)
-        if value[-1:] in (b" ", b"\t"):
+        if value and value[-1] in (32, 9):  # space, tab
             value = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
         headers.append((name, value))
         if len(name) in (4, 6, 14, 17):  # cheap filter before lower-casing
@@ -260,24 +262,30 @@ class RequestParser:
             return  # the head was delivered before the upgrade pause; only the parser's state is rebuilt
         parser = self._parser
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             major = version.partition(".")[0]
             if major != "1":
                 raise ProtocolError(f"HTTP/{version} is not supported", 505)
             version = "1.1"  # RFC 9112 section 2.3: a higher minor version is served as the highest we know
-        method = parser.get_method().decode("ascii")
-        if method == "CONNECT":
-            raise ProtocolError("CONNECT is not supported by a WSGI server", 501)
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = raw_method.decode("ascii")
+            if method == "CONNECT":
+                raise ProtocolError("CONNECT is not supported by a WSGI server", 501)
         if self._chunked and version == "1.0":
             # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means the framing is faulty.
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if version == "1.1" and self._hosts != 1:
-            raise ProtocolError("HTTP/1.1 requests need exactly one Host header")
-        if self._hosts > 1:
-            raise ProtocolError("several Host headers")
-        limit = self._limit_body
-        if limit is not None and self._content_length is not None and self._content_length > limit:
-            raise ProtocolError(f"request body larger than {limit} bytes", 413)
+        if self._hosts != 1:
+            if self._hosts > 1:
+                raise ProtocolError("several Host headers")
+            if version == "1.1":
+                raise ProtocolError("HTTP/1.1 requests need exactly one Host header")
+        content_length = self._content_length
+        if content_length is not None:
+            limit = self._limit_body
+            if limit is not None and content_length > limit:
+                raise ProtocolError(f"request body larger than {limit} bytes", 413)
         self._upgrading = parser.should_upgrade()
         self._head = head = RequestHead(
             method,
@@ -285,7 +293,7 @@ class RequestParser:
             version,
             self._headers,
             parser.should_keep_alive(),
-            self._content_length,
+            content_length,
             self._chunked,
             self._expect and version == "1.1",
             self._upgrading,

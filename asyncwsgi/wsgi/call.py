@@ -100,8 +100,13 @@ _EMPTY_INPUT = EmptyInput()
 
 # Statuses and header names already validated (the same few, over and over), bounded against hostile apps.
 _GOOD_STATUSES: set[str] = set()
-_GOOD_NAMES: dict[str, str] = {}
 _CACHE_MAX = 512
+
+# What start_response does with a header, by name: keep it, note it (Content-Length, Date, Server), or look at its
+# value (Connection). Hop-by-hop names other than Connection are refused and never cached.
+_PLAIN, _CONTENT_LENGTH, _DATE, _SERVER, _CONNECTION = range(5)
+_SPECIAL_NAMES = {"content-length": _CONTENT_LENGTH, "date": _DATE, "server": _SERVER, "connection": _CONNECTION}
+_NAME_KINDS: dict[str, int] = {}
 
 
 def _check_status(status: str) -> None:
@@ -115,14 +120,17 @@ def _check_status(status: str) -> None:
         _GOOD_STATUSES.add(status)
 
 
-def _check_name(name: str) -> str:
-    """Validate a header name; returns it lower-cased."""
+def _name_kind(name: str) -> int:
+    """Validate a header name not seen before; returns its kind (``_PLAIN``...)."""
     if not _TOKEN_RE.match(name):
         raise ValueError(f"invalid response header name {name!r}")
     lname = name.lower()
-    if len(_GOOD_NAMES) < _CACHE_MAX:
-        _GOOD_NAMES[name] = lname
-    return lname
+    kind = _SPECIAL_NAMES.get(lname, _PLAIN)
+    if kind != _CONNECTION and lname in _HOP_BY_HOP:
+        raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
+    if len(_NAME_KINDS) < _CACHE_MAX:
+        _NAME_KINDS[name] = kind
+    return kind
 
 
 def _check_latin1(what: str, text: str) -> None:
@@ -150,6 +158,7 @@ class WSGICall:
         "_chunked",
         "_content_length",
         "_ctx",
+        "_ended",
         "_finished",
         "_flow",
         "_has_date",
@@ -195,6 +204,7 @@ class WSGICall:
         self._no_body = head.method == "HEAD"
         self._held: list[bytes] = []
         self._finished = False
+        self._ended = False  # the end of the response was posted before the iterable was exhausted
         self._body_known = False
         self._sent = 0
         self._started = 0.0
@@ -231,10 +241,12 @@ class WSGICall:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-            self._finish()
+            if not self._ended:
+                self._finish()
         except ClientDisconnected as exc:
             error_log.debug("client went away during %s %s: %s", self.head.method, environ.get("RAW_URI"), exc)
-            self._post(conn.on_response_abort, self)
+            if not self._ended:
+                self._post(conn.on_response_abort, self)
         except BaseException as exc:  # SystemExit from an app is an app error too; the server goes on
             self._fail(exc)
         finally:
@@ -273,30 +285,31 @@ class WSGICall:
             name, value = item
             if type(name) is not str or type(value) is not str:
                 raise TypeError(f"response header names and values must be str: {item!r}")
-            lname = _GOOD_NAMES.get(name)
-            if lname is None:
-                lname = _check_name(name)
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                kind = _name_kind(name)
             if not (value.isascii() and value.isprintable()):  # the common case needs no regex
                 if _BAD_VALUE_RE.search(value):
                     raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
                 _check_latin1(f"header {name!r}", value)
-            if lname in _HOP_BY_HOP:
-                if lname == "connection" and value.strip().lower() == "close":
-                    keep_alive = False  # the app asks us to close after this response: honoured, not forwarded
-                    continue
-                raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
-            if lname == "content-length":
-                v = value.strip()
-                if not v.isdigit() or (content_length is not None and int(v) != content_length):
-                    raise ValueError(f"invalid Content-Length {value!r}")
-                if content_length is not None:
-                    continue
-                content_length = int(v)
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            clean.append((name, value))
+            if kind:
+                if kind == _CONTENT_LENGTH:
+                    v = value.strip()
+                    if not v.isdigit() or (content_length is not None and int(v) != content_length):
+                        raise ValueError(f"invalid Content-Length {value!r}")
+                    if content_length is not None:
+                        continue
+                    content_length = int(v)
+                elif kind == _DATE:
+                    has_date = True
+                elif kind == _SERVER:
+                    has_server = True
+                else:  # Connection
+                    if value.strip().lower() == "close":
+                        keep_alive = False  # the app asks us to close after this response: honoured, not forwarded
+                        continue
+                    raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
+            clean.append(item)
         self._status = status
         self._headers = clean
         self._content_length = content_length
@@ -331,7 +344,11 @@ class WSGICall:
                 raise RuntimeError("the application returned without calling start_response()")
             if not self.headers_sent:
                 self._body_known = True
-                self._held.extend(c for c in result if c)
+                if len(result) == 1:
+                    if result[0]:
+                        self._held.append(result[0])
+                else:
+                    self._held.extend([c for c in result if c])
                 return
             for chunk in result:
                 if chunk:
@@ -350,9 +367,21 @@ class WSGICall:
         for chunk in result:
             if type(chunk) is not bytes:
                 raise TypeError(f"the response iterable yielded {type(chunk).__name__}, not bytes")
-            if chunk:
-                self._send(chunk)
-            elif flow.closed:
+            if self._ended:
+                if chunk:
+                    self._warn_extra()  # past the declared length, which already went out: dropped
+            elif chunk:
+                cl = self._content_length
+                if cl is not None and len(chunk) == cl - self._sent and not self._no_body:
+                    # The chunk that completes the declared length (a framework's one-chunk response, a file's last
+                    # block) goes out as the end of the response, at once and in one hand-off; the iterable is still
+                    # run to its end and closed, but nothing it does can touch this response or the connection.
+                    self._held.append(chunk)
+                    self._finish()
+                    self._ended = True
+                else:
+                    self._send(chunk)
+            elif flow.closed and not self._ended:
                 raise ClientDisconnected("client disconnected")
         if self._status is None:
             raise RuntimeError("the application returned without calling start_response()")
@@ -432,6 +461,9 @@ class WSGICall:
             raise ClientDisconnected("client disconnected")
         if self._status is None:
             raise RuntimeError("the application produced body data before calling start_response()")
+        if self._ended:
+            self._warn_extra()  # the declared length already went out: this is past it
+            return
         cl = self._content_length
         if cl is not None and len(data) > cl - self._sent:
             self._warn_extra()
@@ -528,6 +560,8 @@ class WSGICall:
             self.head.target.decode("latin-1"),
             exc_info=exc,
         )
+        if self._ended:
+            return  # the whole response went out already; the connection may be serving the next request
         if self.headers_sent:
             self._post(self.conn.on_response_abort, self)
         else:

@@ -140,8 +140,11 @@ def request_environ(
     env["RAW_URI"] = target.decode("latin-1")
     env["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == "1.1" else "HTTP/1.0"
     env["wsgi.input"] = wsgi_input
+    cached = _KEY_CACHE.get
     for name, value in head.headers:
-        key = _header_key(name)
+        key = cached(name)
+        if key is None:
+            key = _header_key(name)
         if not key:
             continue
         val = value.decode("latin-1")

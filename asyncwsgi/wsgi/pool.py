@@ -115,7 +115,7 @@ class ThreadPool:
                 if len(held) == 1:
                     self._defer(self._release)
                 return
-        self._hand_over(fn, arg)
+        self._hand_over(((fn, arg),))
 
     def _sample(self, now: float) -> None:
         cpu = time.process_time()
@@ -126,21 +126,23 @@ class ThreadPool:
         """Hand over the jobs held during the loop iteration that just ended."""
         held = self._held
         self._held = []
-        if self._shutdown:
-            return  # the server stopped before they could start; their connections are gone
-        for fn, arg in held:
-            self._hand_over(fn, arg)
+        if not self._shutdown:  # else the server stopped before they could start; their connections are gone
+            self._hand_over(held)
 
-    def _hand_over(self, fn: Callable[[Any], object], arg: Any) -> None:
-        self._queue.put((fn, arg))
-        lock = self._lock
-        with lock:
-            if self._idle_tokens:
-                self._idle_tokens -= 1  # an idle thread will take it
-                return
-            if len(self._threads) < self._eager:
+    def _hand_over(self, jobs: list[Job] | tuple[Job, ...]) -> None:
+        put = self._queue.put
+        for job in jobs:
+            put(job)
+        waiting = len(jobs)
+        with self._lock:
+            woken = min(waiting, self._idle_tokens)  # idle threads will take these
+            self._idle_tokens -= woken
+            waiting -= woken
+            while waiting and len(self._threads) < self._eager:
                 self._start_thread_locked()
-                return
+                waiting -= 1
+        if not waiting:
+            return
         if len(self._threads) >= self.max_threads:
             self._warn_starved()
         if not self._checking and self._schedule is not None:

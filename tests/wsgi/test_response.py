@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import logging
 import os
 import sys
 import threading
@@ -568,6 +569,66 @@ def test_extra_bytes_are_not_sent(server, raw, style):
     assert resp.body == b"12345"
     second = get(client, "/second")  # would be garbled if "67890" had been sent
     assert (second.status, second.body) == (200, b"second response")
+
+
+def test_failure_after_the_declared_body_leaves_response_and_connection_whole(server, raw, error_log):
+    """The chunk that completes a declared Content-Length ends the response at once; the iterable still runs to its
+    end and is closed. An error it raises then is logged, and neither cuts the (complete) response nor the
+    keep-alive connection, which goes on to serve the next request."""
+    logged = threading.Event()
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and "failed after the whole body" in str(record.exc_info[1]):
+                logged.set()
+
+    spy = Spy()
+    logging.getLogger("asyncwsgi.error").addHandler(spy)
+    results: list[Closing] = []
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/second":
+            return ok_app()(environ, start_response)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        results.append(Closing([b"12", b"345", RuntimeError("failed after the whole body")]))
+        return results[-1]
+
+    client = raw(server(app))
+    resp = get(client, "/")
+    assert (resp.status, resp.body) == (200, b"12345")
+    assert results[0].closed.wait(WAIT)
+    assert results[0].close_calls == 1
+    second = get(client, "/second")
+    assert (second.status, second.body) == (200, b"second response")
+    try:
+        assert logged.wait(WAIT), "the error after the body was not logged"
+    finally:
+        logging.getLogger("asyncwsgi.error").removeHandler(spy)
+
+
+def test_pipelined_requests_stay_in_order_when_bodies_end_early(server, raw):
+    """Each response ends with the chunk that completes its Content-Length, while its iterable is still running;
+    pipelined requests on the connection are answered in order, each whole."""
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+
+        def chunks():
+            yield body
+            if body == b"/0":
+                gate.wait(WAIT)  # the first iterable outlives its response: the next request must not wait for it
+
+        return chunks()
+
+    client = raw(server(validator(app)))
+    client.send(b"".join(request_bytes("GET", f"/{i}") for i in range(4)))
+    try:
+        for i in range(4):
+            assert client.read_response().body == f"/{i}".encode()
+    finally:
+        gate.set()
 
 
 # -- close() ---------------------------------------------------------------------------------------------------------
