@@ -65,6 +65,7 @@ class HTTPConnection(asyncio.Protocol):
         "_server",
         "_transport",
         "_wbuf",
+        "access_log",
         "can_sendfile",
         "closing",
         "deadline",
@@ -72,11 +73,18 @@ class HTTPConnection(asyncio.Protocol):
         "environ_base",
         "proxy_trust",
         "remote",
+        "root_path",
+        "server_header",
         "stalled_since",
     )
 
     def __init__(self, server: Server) -> None:
         self._server = server
+        # Settings read by workers once per request: plain attributes, not properties (a call each).
+        config = server.config
+        self.root_path = config.root_path
+        self.access_log = config.access_log
+        self.server_header = config.server_header
         self.environ_base: dict[str, Any] = {}
         self.remote: tuple[str, str] | None = None
         self.closing = False  # read by workers when building a response head
@@ -108,22 +116,9 @@ class HTTPConnection(asyncio.Protocol):
         #: the loop and transport can send files zero-copy (stdlib loop, plain TCP/unix; not uvloop, not TLS)
         self.can_sendfile = False
 
-    # Settings read by workers, kept on the server rather than in each of thousands of connections.
     @property
     def _config(self) -> Config:
         return self._server.config
-
-    @property
-    def root_path(self) -> str:
-        return self._server.config.root_path
-
-    @property
-    def access_log(self) -> bool:
-        return self._server.config.access_log
-
-    @property
-    def server_header(self) -> bool:
-        return self._server.config.server_header
 
     @property
     def access_format(self) -> AccessLogFormat:

@@ -69,10 +69,28 @@ class RequestSink(Protocol):
 
 
 _NO_HEADERS: list[tuple[bytes, bytes]] = []  # never appended to: on_header only runs after on_message_begin
-_CONTENT_LENGTH = b"content-length"
-_TRANSFER_ENCODING = b"transfer-encoding"
-_EXPECT = b"expect"
-_HOST = b"host"
+
+# Header names the parser acts on, by kind; any other name is kind 0. Names are cached as they arrive, in whatever
+# case the client writes them, up to a bound (hostile clients can send endless distinct names).
+_KIND_HOST, _KIND_CONTENT_LENGTH, _KIND_TRANSFER_ENCODING, _KIND_EXPECT, _KIND_UPGRADE = 1, 2, 3, 4, 5
+_KINDS_BY_LOWER_NAME = {
+    b"host": _KIND_HOST,
+    b"upgrade": _KIND_UPGRADE,
+    b"content-length": _KIND_CONTENT_LENGTH,
+    b"transfer-encoding": _KIND_TRANSFER_ENCODING,
+    b"expect": _KIND_EXPECT,
+}
+_HEADER_KINDS: dict[bytes, int] = {}
+_HEADER_KINDS_MAX = 1024
+
+
+def _header_kind(name: bytes) -> int:
+    kind = _KINDS_BY_LOWER_NAME.get(name.lower(), 0)
+    if len(_HEADER_KINDS) < _HEADER_KINDS_MAX:
+        _HEADER_KINDS[name] = kind
+    return kind
+
+
 #: The usual methods' names, decoded once (llhttp accepts only methods it knows, so this needs no bound).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
@@ -107,6 +125,7 @@ class RequestParser:
         "_partial_head",
         "_replaying",
         "_sink",
+        "_upgrade_asked",
         "_upgrading",
         "_url",
         "in_message",
@@ -141,6 +160,7 @@ class RequestParser:
         self._ended_in_feed = False
         self._head: RequestHead | None = None
         self._upgrading = False
+        self._upgrade_asked = False
         self._replaying = False
 
     def rebind(self, sink: RequestSink | None) -> None:
@@ -207,6 +227,7 @@ class RequestParser:
         self._chunked = False
         self._expect = False
         self._hosts = 0
+        self._upgrade_asked = False
         self._head_done = False
 
     def on_url(self, url: bytes) -> None:
@@ -216,44 +237,57 @@ class RequestParser:
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_done:
-            # A trailer field after a chunked body: counted against the limits, never passed to the app as a header
-            # (RFC 9110 section 6.5.1: trailers must not be merged into the header section by default).
-            self._header_bytes += len(name) + len(value) + 4
-            if self._header_bytes > self._limit_size:
-                raise ProtocolError("request trailer section too large", 431)
-            return
         headers = self._headers
-        if len(headers) >= self._limit_fields:
-            raise ProtocolError("too many header fields", 431)
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._limit_size:
-            raise ProtocolError("request header block too large", 431)
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_bytes = size
+        if size > self._limit_size or len(headers) >= self._limit_fields or self._head_done:
+            self._header_over_limit_or_trailer(size, len(headers))
+            return
         if value and value[-1] in (32, 9):  # space, tab
             value = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
         headers.append((name, value))
-        if len(name) in (4, 6, 14, 17):  # cheap filter before lower-casing
-            lname = name.lower()
-            if lname == _CONTENT_LENGTH:
-                if self._content_length is not None or not value.isdigit():
-                    raise ProtocolError("invalid or repeated Content-Length")
-                self._content_length = int(value)
-            elif lname == _TRANSFER_ENCODING:
-                # llhttp already refuses codings after chunked and chunked with Content-Length; we implement no
-                # coding but chunked, so anything else (gzip, chunked) is 501 (RFC 9112 section 6.1).
-                codings = value.lower().split(b",")
-                if codings[-1].strip(b" \t") != b"chunked":
-                    # RFC 9112 section 6.3: chunked not final -> the body length is unknowable: 400.
-                    raise ProtocolError("Transfer-Encoding without a final 'chunked'")
-                if len(codings) > 1:
-                    raise ProtocolError(f"unsupported transfer coding {value.decode('latin-1')!r}", 501)
-                self._chunked = True
-            elif lname == _EXPECT:
-                if value.lower() != b"100-continue":
-                    raise ProtocolError(f"unsupported expectation {value!r}", 417)
-                self._expect = True
-            elif lname == _HOST:
+        kind = _HEADER_KINDS.get(name)
+        if kind is None:
+            kind = _header_kind(name)
+        if kind:
+            if kind == _KIND_HOST:
                 self._hosts += 1
+            else:
+                self._framing_header(kind, value)
+
+    def _header_over_limit_or_trailer(self, size: int, count: int) -> None:
+        if self._head_done:
+            # A trailer field after a chunked body: counted against the limits, never passed to the app as a header
+            # (RFC 9110 section 6.5.1: trailers must not be merged into the header section by default).
+            if size > self._limit_size:
+                raise ProtocolError("request trailer section too large", 431)
+            return
+        if count >= self._limit_fields:
+            raise ProtocolError("too many header fields", 431)
+        raise ProtocolError("request header block too large", 431)
+
+    def _framing_header(self, kind: int, value: bytes) -> None:
+        """Content-Length, Transfer-Encoding, Expect, Upgrade: noted and checked as they arrive."""
+        if kind == _KIND_CONTENT_LENGTH:
+            if self._content_length is not None or not value.isdigit():
+                raise ProtocolError("invalid or repeated Content-Length")
+            self._content_length = int(value)
+        elif kind == _KIND_TRANSFER_ENCODING:
+            # llhttp already refuses codings after chunked and chunked with Content-Length; we implement no
+            # coding but chunked, so anything else (gzip, chunked) is 501 (RFC 9112 section 6.1).
+            codings = value.lower().split(b",")
+            if codings[-1].strip(b" \t") != b"chunked":
+                # RFC 9112 section 6.3: chunked not final -> the body length is unknowable: 400.
+                raise ProtocolError("Transfer-Encoding without a final 'chunked'")
+            if len(codings) > 1:
+                raise ProtocolError(f"unsupported transfer coding {value.decode('latin-1')!r}", 501)
+            self._chunked = True
+        elif kind == _KIND_UPGRADE:
+            self._upgrade_asked = True  # llhttp decides whether it is an upgrade (with Connection: upgrade)
+        else:  # Expect
+            if value.lower() != b"100-continue":
+                raise ProtocolError(f"unsupported expectation {value!r}", 417)
+            self._expect = True
 
     def on_headers_complete(self) -> None:
         self._head_done = True
@@ -286,7 +320,7 @@ class RequestParser:
             limit = self._limit_body
             if limit is not None and content_length > limit:
                 raise ProtocolError(f"request body larger than {limit} bytes", 413)
-        self._upgrading = parser.should_upgrade()
+        self._upgrading = self._upgrade_asked and parser.should_upgrade()
         self._head = head = RequestHead(
             method,
             self._url,

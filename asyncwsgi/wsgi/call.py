@@ -99,7 +99,8 @@ _EMPTY_INPUT = EmptyInput()
 
 
 # Statuses and header names already validated (the same few, over and over), bounded against hostile apps.
-_GOOD_STATUSES: set[str] = set()
+# A status maps to whether its response has no body (1xx, 204, 304).
+_GOOD_STATUSES: dict[str, bool] = {}
 _CACHE_MAX = 512
 
 # What start_response does with a header, by name: keep it, note it (Content-Length, Date, Server), or look at its
@@ -109,19 +110,24 @@ _SPECIAL_NAMES = {"content-length": _CONTENT_LENGTH, "date": _DATE, "server": _S
 _NAME_KINDS: dict[str, int] = {}
 
 
-def _check_status(status: str) -> None:
+def _check_status(status: str) -> bool:
+    """Validate a status not seen before; returns whether its response has no body."""
     if type(status) is not str:
         raise TypeError(f"status must be a str, not {type(status).__name__}")
     if not _STATUS_RE.match(status):
         raise ValueError(f"invalid status line {status!r}: expected e.g. '200 OK', without control characters")
     if not status.isascii():
         _check_latin1("status", status)
+    no_body = status[0] == "1" or status[:3] in ("204", "304")
     if len(_GOOD_STATUSES) < _CACHE_MAX:
-        _GOOD_STATUSES.add(status)
+        _GOOD_STATUSES[status] = no_body
+    return no_body
 
 
 def _name_kind(name: str) -> int:
     """Validate a header name not seen before; returns its kind (``_PLAIN``...)."""
+    if type(name) is not str:
+        raise TypeError(f"response header names and values must be str, not {type(name).__name__}: {name!r}")
     if not _TOKEN_RE.match(name):
         raise ValueError(f"invalid response header name {name!r}")
     lname = name.lower()
@@ -219,7 +225,9 @@ class WSGICall:
 
     def _run(self) -> None:
         conn = self.conn
-        self._started = time.monotonic()
+        access_log = conn.access_log
+        if access_log:
+            self._started = time.monotonic()
         environ: dict[str, Any] = {}
         result: Any = None
         try:
@@ -236,7 +244,14 @@ class WSGICall:
                 raise ClientDisconnected("client disconnected before the application was called")
             try:
                 result = self._app(environ, self.start_response)
-                self._consume(result)
+                if type(result) is list and len(result) == 1 and type(result[0]) is bytes and not self.headers_sent:
+                    # The usual shape of a whole response: one bytes object in a list.
+                    if self._status is None:
+                        raise RuntimeError("the application returned without calling start_response()")
+                    self._body_known = True
+                    self._held.append(result[0])
+                else:
+                    self._consume(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -251,7 +266,7 @@ class WSGICall:
             self._fail(exc)
         finally:
             self._finished = True  # a write() kept by the app after this must not reach the connection
-        if conn.access_log:
+        if access_log:
             self._log_access(environ)
 
     # -- start_response / write --------------------------------------------------------------------------------------
@@ -271,9 +286,10 @@ class WSGICall:
         elif self._status is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
 
-        if status not in _GOOD_STATUSES:
-            _check_status(status)
-        if not isinstance(headers, list):
+        no_body = _GOOD_STATUSES.get(status) if type(status) is str else None
+        if no_body is None:
+            no_body = _check_status(status)
+        if type(headers) is not list and not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         content_length = None
         has_date = has_server = False
@@ -283,11 +299,11 @@ class WSGICall:
             if type(item) is not tuple or len(item) != 2:
                 raise TypeError(f"each response header must be a (name, value) tuple, not {item!r}")
             name, value = item
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"response header names and values must be str: {item!r}")
-            kind = _NAME_KINDS.get(name)
+            kind = _NAME_KINDS.get(name) if type(name) is str else None
             if kind is None:
                 kind = _name_kind(name)
+            if type(value) is not str:
+                raise TypeError(f"response header names and values must be str: {item!r}")
             if not (value.isascii() and value.isprintable()):  # the common case needs no regex
                 if _BAD_VALUE_RE.search(value):
                     raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
@@ -316,8 +332,7 @@ class WSGICall:
         self._has_date = has_date
         self._has_server = has_server
         self._keep_alive = keep_alive
-        code = status[:3]
-        self._no_body = self.head.method == "HEAD" or code[0] == "1" or code in ("204", "304")
+        self._no_body = no_body or self.head.method == "HEAD"
         return self.write
 
     def write(self, data: bytes) -> None:
