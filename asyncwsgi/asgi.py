@@ -13,19 +13,20 @@ Threads and tasks: the app runs on a worker thread of the adapter's pool. On the
 (``_Exchange.pump``) feeds ``receive()`` into ``wsgi.input`` and watches for ``http.disconnect``, and the request's own
 coroutine (``_Exchange.deliver``) awaits ``send()`` for each message the worker posted; ``send()`` completing is the
 backpressure. The worker never touches ASGI objects; it posts to the loop through ``LoopChannel``. Runs under asyncio
-and trio (anyio primitives; the cross-thread wake-up is the backend's own).
+and trio: on asyncio with its own primitives (a task, futures), on any other loop with anyio's (a task group, events).
+The asyncio path avoids anyio's objects per request in flight (a task group, a cancel scope, events: a few KiB
+each, which is what made the adapter hold more than a2wsgi for clients that stop reading) and its modules, about
+1 MiB imported by the first request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
-
-import anyio
 
 from .accesslog import AccessLogFormat
 from .errors import ClientDisconnected
@@ -67,7 +68,7 @@ def _running_loop() -> tuple[object, Callable[[Callable[[], object]], object]]:
     another thread."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio (anyio's other backend)
+    except RuntimeError:  # not asyncio: trio
         import trio
 
         token = trio.lowlevel.current_trio_token()
@@ -102,15 +103,19 @@ class WSGIToASGI:
         return self._pool
 
     def channel(self) -> LoopChannel:
+        return self.loop_side()[1]
+
+    def loop_side(self) -> tuple[object, LoopChannel]:
+        """The running loop (an asyncio loop, or trio's token) and the channel its workers post through."""
         owner, call_soon_threadsafe = _running_loop()
         entry = self._channels.get(id(owner))
         if entry is not None and entry[0] is owner:
-            return entry[1]
+            return entry
         channel = LoopChannel(call_soon_threadsafe)
         if len(self._channels) >= 16:
             self._channels.clear()
-        self._channels[id(owner)] = (owner, channel)
-        return channel
+        self._channels[id(owner)] = entry = (owner, channel)
+        return entry
 
     def environ_base(self, server: Any, scheme: str, root_path: str) -> dict[str, Any]:
         key = (server, scheme, root_path)
@@ -203,32 +208,89 @@ class _Exchange:
         self.environ_base = {**base, "asgi.scope": scope}
         self._client_gone = False
         self.head = head = _head_from_scope(scope)
-        self.channel = adapter.channel()
+        loop, self.channel = adapter.loop_side()
+        #: the asyncio loop, or None under another loop (trio), where anyio's primitives are used
+        self._loop: asyncio.AbstractEventLoop | None = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
         self.flow = WriteFlow(ASGI_HIGH_WATER)
         # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body (RFC 9112 section 6.3); HTTP/2 and 3
         # carry bodies without saying so in a header.
         has_body = head.chunked or bool(head.content_length) or scope.get("http_version", "1.1") not in ("1.0", "1.1")
         self.input: InputStream | None = InputStream(self._from_worker, head.expect_continue) if has_body else None
-        send_stream, receive_stream = anyio.create_memory_object_stream[tuple[str, Any]](math.inf)
-        self._out = send_stream
-        self._out_receive = receive_stream
-        self._more: anyio.Event | None = None
-        self._continue: anyio.Event | None = None
+        # What the worker posted (loop thread), in order, until deliver() takes it; deliver() waits on _wakeup
+        # when there is nothing. Bounded by WriteFlow: at most about ASGI_HIGH_WATER of body, plus the end.
+        self._pending: deque[tuple[str, Any]] = deque()
+        self._wakeup: Any = None
+        self._ended = False  # run() is over: what the worker still posts is dropped
+        self._failure: Exception | None = None  # receive() failed: run() raises it
+        self._more: Any = None
+        self._continue: Any = None
+
+    # -- the two backends' primitives ----------------------------------------------------------------------------
+
+    def _waiter(self) -> Any:
+        """A one-shot waiter: an asyncio future, or an anyio Event (``_fire`` it, ``_wait`` for it)."""
+        if self._loop is not None:
+            return self._loop.create_future()
+        import anyio
+
+        return anyio.Event()
+
+    def _fire(self, waiter: Any) -> None:
+        if self._loop is None:
+            waiter.set()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    def _fired(self, waiter: Any) -> bool:
+        return bool(waiter.is_set() if self._loop is None else waiter.done())
+
+    async def _wait(self, waiter: Any, timeout: float | None = None) -> None:
+        """Until ``waiter`` fires, or at most ``timeout`` seconds."""
+        if self._loop is not None:
+            if timeout is None:
+                await waiter
+                return
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)  # shielded: a timeout leaves it pending
+            except asyncio.TimeoutError:
+                pass
+            return
+        if timeout is None:
+            await waiter.wait()
+            return
+        import anyio
+
+        with anyio.move_on_after(timeout):
+            await waiter.wait()
 
     async def run(self, receive: Receive, send: Send) -> None:
         call = ASGICall(self, self.head, self.input, self.adapter.app, self.channel, self.flow)
         # Made before the worker starts: its first read may ask for the body before pump() runs.
-        self._continue = anyio.Event() if self.head.expect_continue else None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.pump, receive)
-            self.adapter.pool.submit(call.run, None)
-            try:
-                await self.deliver(send)
-            finally:
-                self._gone("the response ended")
-                tg.cancel_scope.cancel()
-                self._out.close()
-                self._out_receive.close()
+        self._continue = self._waiter() if self.head.expect_continue else None
+        if self._loop is None:
+            import anyio
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.pump, receive)
+                try:
+                    await self._respond(call, send)
+                finally:
+                    tg.cancel_scope.cancel()
+            return
+        pump = self._loop.create_task(self.pump(receive))
+        try:
+            await self._respond(call, send)
+        finally:
+            pump.cancel()
+
+    async def _respond(self, call: ASGICall, send: Send) -> None:
+        self.adapter.pool.submit(call.run, None)
+        try:
+            await self.deliver(send)
+        finally:
+            self._gone("the response ended")
+            self._ended = True
+            self._pending.clear()
 
     # -- loop side: request body and disconnects -------------------------------------------------------------------
 
@@ -238,28 +300,36 @@ class _Exchange:
 
     def on_input_request(self, what: str) -> None:
         if what == InputStream.WANT_CONTINUE and self._continue is not None:
-            self._continue.set()
+            self._fire(self._continue)
         elif what == InputStream.WANT_MORE and self._more is not None and self.input is not None:
             self.input.paused = False
-            self._more.set()
+            self._fire(self._more)
 
     async def pump(self, receive: Receive) -> None:
-        """Feed the body into ``wsgi.input`` with flow control, then watch for the client leaving."""
+        """Feed the body into ``wsgi.input`` with flow control, then watch for the client leaving. Never raises:
+        if ``receive()`` fails, the request ends as if the client had left, and ``run()`` raises the error."""
+        try:
+            await self._pump(receive)
+        except Exception as exc:
+            self._failure = exc
+            self._gone(f"receive() failed: {exc!r}")
+            self._wake()
+
+    async def _pump(self, receive: Receive) -> None:
         stream = self.input
         if self._continue is not None:
             # Some servers (uvicorn) send "100 Continue" on the first receive(): not before the app reads.
-            await self._continue.wait()
+            await self._wait(self._continue)
         while True:
             if stream is not None and not stream.complete and stream.buffered >= BODY_HIGH_WATER:
                 # The app is behind: ask it to say when it has read (stream.pause). ASGI reports a disconnect only
                 # through receive(), possibly queued behind body messages, so up to PEEK_CAP keep receiving, and
                 # beyond it look once every PAUSED_PEEK seconds (one message each time).
-                self._more = anyio.Event()
+                more = self._more = self._waiter()
                 stream.pause()
                 if stream.buffered >= PEEK_CAP:
-                    with anyio.move_on_after(PAUSED_PEEK):
-                        await self._more.wait()
-                    if self._more.is_set():
+                    await self._wait(more, PAUSED_PEEK)
+                    if self._fired(more):
                         continue
             message = await receive()
             kind = message["type"]
@@ -282,20 +352,40 @@ class _Exchange:
 
     # -- loop side: the response ---------------------------------------------------------------------------------
 
+    def _push(self, item: tuple[str, Any]) -> None:
+        if self._ended:
+            return  # the response was cut (send() failed, the task was cancelled): nobody will take it
+        self._pending.append(item)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None:
+            self._wakeup = None
+            self._fire(waiter)
+
     def on_response_data(self, msg: tuple[WSGICall, list[Message]]) -> None:
-        self._out.send_nowait(("data", msg[1]))
+        self._push(("data", msg[1]))
 
     def on_response_end(self, msg: tuple[WSGICall, list[Message], bool]) -> None:
-        self._out.send_nowait(("end", msg[1]))
+        self._push(("end", msg[1]))
 
     def on_response_abort(self, call: WSGICall) -> None:
-        self._out.send_nowait(("abort", None))
+        self._push(("abort", None))
 
     def on_sendfile(self, msg: Any) -> None:  # never called: can_sendfile is False
         raise NotImplementedError
 
     async def deliver(self, send: Send) -> None:
-        async for kind, messages in self._out_receive:
+        pending = self._pending
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if not pending:
+                self._wakeup = waiter = self._waiter()
+                await self._wait(waiter)
+                continue
+            kind, messages = pending.popleft()
             if kind == "abort":
                 if self._client_gone:
                     return  # the worker stopped because the client left: nothing to send, nobody to tell

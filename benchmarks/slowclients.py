@@ -3,7 +3,8 @@
 Each server streams a 64 MiB response (64 KiB chunks, no Content-Length) to 50 clients that send their request and
 then read nothing. After a few seconds the server's RSS growth is the memory it holds for them: with backpressure it
 is bounded by socket buffers and a small window per client; without it the app's whole output piles up in the
-server. Results: ``results/slowclients.md``.
+server. Each server answers one small request first, so that what it loads once (modules imported by a first
+request) is not counted as held for the clients. Results: ``results/slowclients.md``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,21 @@ SERVERS_ALL = {
 SERVERS = SERVERS_ALL
 
 
+def _warm_up(port: int) -> None:
+    """One complete small request: what a server loads or allocates once, on its first request (modules imported
+    lazily, a thread started), is then not counted as memory held for the clients."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /warm HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        for _ in range(100):  # bounded: the response is a few hundred bytes, then the server closes
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    if not data.startswith(b"HTTP/1.1 200") or not data.endswith(b"ok"):
+        raise RuntimeError(f"warm-up request failed: {data[:200]!r}")
+
+
 def measure(name: str) -> dict:
     port = _free_port()
     proc = subprocess.Popen(
@@ -101,6 +117,7 @@ def measure(name: str) -> dict:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"{name} did not start") from None
                 time.sleep(0.1)
+        _warm_up(port)
         time.sleep(0.5)
         before = _tree_rss_kib(proc.pid)
         for _ in range(CLIENTS):

@@ -81,7 +81,7 @@ class LoopChannel:
 class WriteFlow:
     """Per-connection response flow control; see the module docstring for who writes which field."""
 
-    __slots__ = ("_event", "_waiting", "closed", "high_water", "paused", "queued", "written")
+    __slots__ = ("_lock", "_waiting", "closed", "high_water", "paused", "queued", "written")
 
     def __init__(self, high_water: int = HIGH_WATER) -> None:
         self.high_water = high_water
@@ -90,7 +90,10 @@ class WriteFlow:
         self.paused = False  # loop thread: the transport called pause_writing()
         self.closed = False  # loop thread: the connection is gone
         self._waiting = False
-        self._event: threading.Event | None = None  # made by the first worker that has to wait (rare)
+        # Made by the first worker that has to wait; held while it waits, released by the loop (_wake). A bare lock,
+        # not a threading.Event: made this deep in the worker's stack, an Event (Python __init__s nested through C
+        # calls) took every stalled worker's thread stack onto one more 4 KiB page.
+        self._lock: threading.Lock | None = None
 
     # -- worker thread -----------------------------------------------------------------------------------------------
 
@@ -104,23 +107,25 @@ class WriteFlow:
                 raise ClientDisconnected("client disconnected")
             if self._ready():
                 return
-            event = self._event
-            if event is None:
-                event = self._event = threading.Event()
-            event.clear()
+            lock = self._lock
+            if lock is None:
+                lock = self._lock = threading.Lock()
+            lock.acquire(False)  # held: a wake-up that came while we were not waiting is dropped
             self._waiting = True
             if self.closed or self._ready():
                 self._waiting = False
                 continue
-            event.wait()
+            lock.acquire()  # until the loop thread releases it (_wake)
             self._waiting = False
 
     # -- event-loop thread -------------------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        # _waiting is only set after the event exists (same worker thread, GIL order).
-        if self._event is not None:
-            self._event.set()
+        # Only the worker acquires the lock and only this thread releases it: if it is held now, it is still held
+        # when released. _waiting is only set after the lock is held (same worker thread, GIL order).
+        lock = self._lock
+        if lock is not None and lock.locked():
+            lock.release()
 
     def wrote(self, n: int) -> None:
         self.written += n
