@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -78,10 +79,14 @@ except ImportError:  # pragma: no cover - flask is in the bench extra
     flask = None
 
 
+#: Threads of the two WSGI-to-ASGI adapters; benchmarks/run.py sets it per case (BENCH_THREADS).
+ADAPTER_THREADS = int(os.environ.get("BENCH_THREADS", "64"))
+
+
 def _asgi(wsgi: Any) -> Any:
     from a2wsgi import WSGIMiddleware
 
-    return WSGIMiddleware(wsgi, workers=64)
+    return WSGIMiddleware(wsgi, workers=ADAPTER_THREADS)
 
 
 try:
@@ -93,5 +98,5 @@ except ImportError:  # pragma: no cover
 # asyncwsgi's own WSGI-to-ASGI adapter, to compare with a2wsgi under the same ASGI server.
 from asyncwsgi import to_asgi  # noqa: E402
 
-ours = to_asgi(app, threads=64)
-ours_flask = to_asgi(flask, threads=64) if flask is not None else None
+ours = to_asgi(app, threads=ADAPTER_THREADS)
+ours_flask = to_asgi(flask, threads=ADAPTER_THREADS) if flask is not None else None

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
 SERVER_CPU = "0"
 LOAD_CPU = "1"
-THREADS = 64  # for servers whose thread count is a setting; named in the table
+#: Thread counts of the peers whose count is a setting: (for the CPU-bound cases, for the thread-bound one), each
+#: peer's best on the reference machine by ``--sweep-threads`` (see benchmarks/README.md); named in the table.
+PEER_THREADS = {
+    "gunicorn": (16, 128),
+    "waitress": (16, 256),
+    "uvicorn+a2wsgi": (16, 128),
+    "uvicorn+to_asgi": (8, 512),
+    "granian": (4, 256),
+}
 KEEP_ALIVE = 300  # seconds: idle connections must stay open during a run, whatever the server's default
 
 
@@ -50,6 +59,7 @@ class Case:
     app: str = "app"  # "app" (the router) or "flask"
     post_bytes: int = 0
     idle: int = 0  # idle keep-alive connections held open during the run
+    thread_bound: bool = False  # the app waits rather than computes: thread pools need a thread per connection
     note: str = ""
 
 
@@ -59,7 +69,7 @@ CASES = [
     Case("stream-1m", "/stream", connections=16, note="1 MiB streamed without Content-Length"),
     Case("post-64k", "/post", post_bytes=65536, note="64 KiB POST read fully"),
     Case("flask-json", "/json", app="flask", note="Flask JSON route"),
-    Case("sleep-20ms", "/sleep", connections=256, note="app sleeps 20 ms (thread-bound)"),
+    Case("sleep-20ms", "/sleep", connections=256, thread_bound=True, note="app sleeps 20 ms (thread-bound)"),
     Case("idle-5000", "/hello", idle=5000, note="/hello with 5,000 idle keep-alive connections open"),
 ]
 
@@ -68,10 +78,20 @@ CASES = [
 class ServerSpec:
     name: str
     module: str  # the import that must succeed for this server to run
-    command: Callable[[str, int], list[str]]
-    threads: str
+    command: Callable[[str, int, int], list[str]]  # (app, port, threads)
+    threads: str  # how its threads are described; "{n}" is replaced by the count used
     pure_python: bool
     only_cases: tuple[str, ...] = ()
+
+    def thread_count(self, case: Case) -> int:
+        """The thread setting for ``case`` (0: the server has none to set)."""
+        counts = PEER_THREADS.get(self.name)
+        if counts is None:
+            return 0
+        return counts[1] if case.thread_bound else counts[0]
+
+    def describe_threads(self, case: Case) -> str:
+        return self.threads.replace("{n}", str(self.thread_count(case)))
 
 
 def _target(app: str, asgi: str = "") -> str:
@@ -87,7 +107,7 @@ SERVERS = [
     ServerSpec(
         "asyncwsgi",
         "asyncwsgi",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "asyncwsgi",
@@ -109,7 +129,7 @@ SERVERS = [
     ServerSpec(
         "gunicorn",
         "gunicorn",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "gunicorn",
@@ -118,7 +138,7 @@ SERVERS = [
             "-w",
             "1",
             "--threads",
-            str(THREADS),
+            str(threads),
             "-b",
             f"127.0.0.1:{port}",
             "--log-level",
@@ -131,30 +151,30 @@ SERVERS = [
             "10000",
             _target(app),
         ],
-        f"gthread, {THREADS} threads",
+        "gthread, {n} threads",
         True,
     ),
     ServerSpec(
         "waitress",
         "waitress",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "waitress",
-            f"--threads={THREADS}",
+            f"--threads={threads}",
             f"--listen=127.0.0.1:{port}",
             "--backlog=4096",
             "--connection-limit=10000",
             f"--channel-timeout={KEEP_ALIVE}",
             _target(app),
         ],
-        f"{THREADS} threads",
+        "{n} threads",
         True,
     ),
     ServerSpec(
         "uvicorn+a2wsgi",
         "a2wsgi",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "uvicorn",
@@ -169,13 +189,13 @@ SERVERS = [
             str(KEEP_ALIVE),
             _target(app, asgi="a2wsgi"),
         ],
-        "a2wsgi, 64 threads",
+        "a2wsgi, {n} threads",
         True,
     ),
     ServerSpec(
         "uvicorn+to_asgi",
         "uvicorn",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "uvicorn",
@@ -190,13 +210,13 @@ SERVERS = [
             str(KEEP_ALIVE),
             _target(app, asgi="ours"),
         ],
-        "asyncwsgi.to_asgi, 64 threads",
+        "asyncwsgi.to_asgi, {n} threads",
         True,
     ),
     ServerSpec(
         "hypercorn",
         "hypercorn",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "hypercorn",
@@ -216,7 +236,7 @@ SERVERS = [
     ServerSpec(
         "granian",
         "granian",
-        lambda app, port: [
+        lambda app, port, threads: [
             PY,
             "-m",
             "granian",
@@ -229,20 +249,20 @@ SERVERS = [
             "--workers",
             "1",
             "--blocking-threads",
-            str(THREADS),
+            str(threads),
             "--log-level",
             "warning",
             "--backlog",
             "4096",
             _target(app),
         ],
-        f"Rust core, {THREADS} blocking threads",
+        "Rust core, {n} blocking threads",
         False,
     ),
     ServerSpec(
         "ceiling",
         "uvloop",
-        lambda app, port: [PY, str(ROOT / "benchmarks" / "ceiling.py"), str(port)],
+        lambda app, port, threads: [PY, str(ROOT / "benchmarks" / "ceiling.py"), str(port)],
         "bare uvloop + httptools, no WSGI",
         False,
         only_cases=("hello", "idle-5000"),
@@ -310,10 +330,11 @@ def _get(port: int, path: str = "/hello", timeout: float = 1.0) -> int:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, case: Case) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def running(spec: ServerSpec, case: Case, threads: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = _free_port()
-    cmd = ["taskset", "-c", SERVER_CPU, *spec.command(case.app, port)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    threads = spec.thread_count(case) if threads is None else threads
+    cmd = ["taskset", "-c", SERVER_CPU, *spec.command(case.app, port, threads)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", BENCH_THREADS=str(threads or 64))
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the process
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log, preexec_fn=_raise_fd_limit)
     try:
@@ -406,9 +427,9 @@ def _sample_peak(pid: int, stop: threading.Event, out: list[int]) -> None:
         out.append(_tree_rss_kib(pid))
 
 
-def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None) -> Result:
+def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None, threads: int | None = None) -> Result:
     result = Result(spec.name, case.name)
-    with running(spec, case) as (proc, port):
+    with running(spec, case, threads) as (proc, port):
         _wrk(port, Case(case.name, case.path, min(case.connections, 16), case.app, case.post_bytes), 1.0, script)
         idle: list[socket.socket] = []
         try:
@@ -499,8 +520,8 @@ def report(
         for spec, r in rows:
             ratio = f"{ours.rps / r.rps:.2f}" if ours and r.rps else "-"
             row = (
-                f"| {spec.name} | {spec.threads} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                f"{r.errors} | {r.peak_rss_mib} |"
+                f"| {spec.name} | {spec.describe_threads(case)} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | "
+                f"{r.p99_ms:.2f} | {r.errors} | {r.peak_rss_mib} |"
             )
             if case.idle:
                 row += f" {r.idle_rss_per_conn_kib} |"
@@ -510,6 +531,61 @@ def report(
             lines += ["", "Notes: " + "; ".join(notes) + "."]
         lines.append("")
     return "\n".join(lines)
+
+
+README_CASES = [
+    ("hello", "hello"),
+    ("flask-json", "Flask JSON"),
+    ("stream-1m", "1 MiB stream"),
+    ("post-64k", "64 KiB POST"),
+    ("sleep-20ms", "20 ms sleep, 256 connections"),
+    ("idle-5000", "hello + 5,000 idle"),
+]
+README_SERVERS = ["asyncwsgi", "granian", "waitress", "gunicorn", "uvicorn+a2wsgi", "hypercorn"]
+README_START = "<!-- performance: generated by benchmarks/run.py --readme from results/latest.json -->"
+README_END = "<!-- /performance -->"
+
+
+def readme_section(payload: dict) -> str:
+    """The README's performance table, from a results file (``latest.json``)."""
+    meta, results = payload["meta"], payload["results"]
+    ceiling = results.get("hello", {}).get("ceiling")
+    intro = (
+        f"One server process on one core (pinned), wrk on the other, on {meta['machine']}, {meta['date']}; requests/s "
+        f"with p99 latency in ms in brackets, median of {meta['rounds']} rounds of {meta['duration']} s "
+        "([all cases and servers](benchmarks/results/latest.md), [chart](benchmarks/results/latest.png), how to run "
+        "it: [benchmarks/](benchmarks/)). Each peer runs with its best thread count "
+        "([threads.md](benchmarks/results/threads.md)); granian has a Rust core, the others are pure Python."
+        + (
+            f" A bare uvloop + httptools server with no WSGI call and no thread hop does {ceiling['rps']:,.0f} "
+            "req/s here."
+            if ceiling
+            else ""
+        )
+    )
+    lines = [
+        textwrap.fill(intro, 118, break_long_words=False, break_on_hyphens=False),
+        "",
+        "| case | " + " | ".join(README_SERVERS) + " |",
+        "|---|" + "---:|" * len(README_SERVERS),
+    ]
+    for key, label in README_CASES:
+        by_server = results.get(key)
+        if not by_server:
+            continue
+        cells = []
+        for name in README_SERVERS:
+            r = by_server.get(name)
+            cells.append("—" if not r or not r["rps"] else f"{r['rps']:,.0f} ({r['p99_ms']:.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_readme(results_json: Path, readme: Path) -> None:
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    section = readme_section(json.loads(results_json.read_text()))
+    readme.write_text(text[:start] + "\n" + section + "\n" + text[end:])
 
 
 def chart(results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases: list[Case], path: Path) -> bool:
@@ -537,6 +613,58 @@ def chart(results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases:
     return True
 
 
+#: Thread counts tried by ``--sweep-threads``: for the CPU-bound cases (hello and Flask), and for the thread-bound one.
+SWEEP_CPU = (1, 2, 4, 8, 16, 64)
+SWEEP_IO = (64, 128, 256, 512)
+
+
+def sweep_threads(specs: list[ServerSpec], duration: float, meta: dict[str, str]) -> str:
+    """Find each peer's best thread count: the one with the highest geometric mean of requests/s over hello and
+    flask-json, and the best for sleep-20ms. Returns a markdown report (one run per setting: a guide, not a
+    measurement)."""
+    cpu_cases = [c for c in CASES if c.name in ("hello", "flask-json")]
+    io_cases = [c for c in CASES if c.thread_bound]
+    lines = [
+        "# Thread settings of the peers",
+        "",
+        f"{meta['date']} on {meta['machine']}. `python benchmarks/run.py --sweep-threads`: one run of "
+        f"{duration:g} s per setting, pinned as in the benchmark. Best: the highest geometric mean of requests/s over "
+        f"{' and '.join(c.name for c in cpu_cases)}, and the highest for {' and '.join(c.name for c in io_cases)}; "
+        "`PEER_THREADS` in benchmarks/run.py holds them.",
+        "",
+        "| server | threads | " + " | ".join(f"{c.name} req/s" for c in cpu_cases + io_cases) + " |",
+        "|---|---:|" + "---:|" * (len(cpu_cases) + len(io_cases)),
+    ]
+    chosen: list[str] = []
+    for spec in specs:
+        if spec.name not in PEER_THREADS:
+            continue
+        best: dict[str, tuple[float, int]] = {}
+        for kind, counts, cases in (("cpu", SWEEP_CPU, cpu_cases), ("io", SWEEP_IO, io_cases)):
+            for n in counts:
+                rps = []
+                for case in cases:
+                    try:
+                        r = run_one(spec, case, duration, None, threads=n)
+                        rps.append(r.rps)
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                        print(f"{spec.name} {case.name} {n} threads: failed: {exc}", file=sys.stderr)
+                        rps.append(0.0)
+                score = 1.0
+                for value in rps:
+                    score *= value
+                score **= 1 / len(rps)
+                print(f"{spec.name:15} {n:4} threads  {kind}  {score:10,.0f}", flush=True)
+                cells = [f"{v:,.0f}" for v in rps]
+                row = cells + ["-"] * len(io_cases) if kind == "cpu" else ["-"] * len(cpu_cases) + cells
+                lines.append(f"| {spec.name} | {n} | " + " | ".join(row) + " |")
+                if score > best.get(kind, (-1.0, 0))[0]:
+                    best[kind] = (score, n)
+        chosen.append(f'"{spec.name}": ({best["cpu"][1]}, {best["io"][1]})')
+    lines += ["", "Best: " + ", ".join(chosen) + ".", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", help="comma-separated subset of: " + ", ".join(s.name for s in SERVERS))
@@ -545,7 +673,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (a smoke run, not a measurement)")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
+    parser.add_argument(
+        "--sweep-threads", action="store_true", help="find each peer's best thread counts (writes threads.md)"
+    )
+    parser.add_argument(
+        "--readme", action="store_true", help="only rewrite README.md's performance table from results/latest.json"
+    )
     args = parser.parse_args(argv)
+    if args.readme:
+        write_readme(Path(args.out) / "latest.json", ROOT / "README.md")
+        return 0
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("benchmarks need wrk and taskset on PATH (Debian: apt-get install wrk util-linux)", file=sys.stderr)
         return 2
@@ -562,6 +699,17 @@ def main(argv: list[str] | None = None) -> int:
     _raise_fd_limit()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "rounds": str(rounds),
+        "duration": f"{duration:g}",
+    }
+    if args.sweep_threads:
+        text = sweep_threads(specs, 3.0 if not args.quick else 1.0, meta)
+        (out / "threads.md").write_text(text)
+        print(text)
+        return 0
     raw: dict[str, dict[str, list[Result]]] = {c.name: {} for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(rounds):
@@ -588,12 +736,6 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
     results = {c: {s: _median_result(rs) for s, rs in by.items()} for c, by in raw.items()}
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "machine": _machine(),
-        "rounds": str(rounds),
-        "duration": f"{duration:g}",
-    }
     text = report(results, specs, cases, meta)
     (out / "latest.md").write_text(text)
     payload = {"meta": meta, "results": {c: {s: asdict(r) for s, r in by.items()} for c, by in results.items()}}

@@ -4,7 +4,10 @@ field is a CLI option."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import re
+import sys
 from pathlib import Path
 
 from asyncwsgi.cli import build_parser
@@ -31,3 +34,21 @@ def test_every_config_field_is_a_cli_option() -> None:
     help_text = serve.format_help()
     for f in dataclasses.fields(Config):
         assert f"--{f.name.replace('_', '-')}" in help_text, f.name
+
+
+def test_readme_performance_table_is_the_generated_one() -> None:
+    """The performance table is what ``benchmarks/run.py --readme`` makes of the committed results."""
+    root = README.parent
+    spec = importlib.util.spec_from_file_location("bench_run", root / "benchmarks" / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = run  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(run)
+    finally:
+        del sys.modules["bench_run"]
+    text = README.read_text()
+    m = re.search(re.escape(run.README_START) + r"\n(.*?)\n" + re.escape(run.README_END), text, re.S)
+    assert m, "the performance table markers are missing from README.md"
+    payload = json.loads((root / "benchmarks" / "results" / "latest.json").read_text())
+    assert m.group(1) == run.readme_section(payload), "README.md is stale: run python benchmarks/run.py --readme"
