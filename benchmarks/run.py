@@ -474,6 +474,16 @@ def _still_open(s: socket.socket) -> bool:
 # -- report ----------------------------------------------------------------------------------------------------------
 
 
+def _rounds_phrase(rounds: str) -> str:
+    """How the reported round was chosen (``_median_result``: the upper middle one)."""
+    n = int(rounds)
+    if n == 1:
+        return "1 round"
+    if n == 2:
+        return "the better of 2 rounds"
+    return f"median of {n} rounds" if n % 2 else f"upper median of {n} rounds"
+
+
 def _median_result(results: list[Result]) -> Result:
     by_rps = sorted(results, key=lambda r: r.rps)
     mid = by_rps[len(by_rps) // 2]
@@ -500,7 +510,7 @@ def report(
         "# Benchmark results",
         "",
         f"{meta['date']} on {meta['machine']}. One server process pinned to CPU {SERVER_CPU}, wrk pinned to CPU "
-        f"{LOAD_CPU}; median of {meta['rounds']} rounds of {meta['duration']} s, servers alternated each round. "
+        f"{LOAD_CPU}; {_rounds_phrase(meta['rounds'])} of {meta['duration']} s, servers alternated each round. "
         "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's.",
         "",
     ]
@@ -511,8 +521,8 @@ def report(
             continue
         ours = results[case.name].get("asyncwsgi")
         lines += [f"## {case.name}: {case.note} ({case.connections} connections)", ""]
-        header = "| server | threads | req/s | x asyncwsgi | p50 ms | p99 ms | errors | peak RSS MiB |"
-        sep = "|---|---|---:|---:|---:|---:|---:|---:|"
+        header = "| server | threads | req/s | x asyncwsgi | p50 ms | p99 ms | errors | peak RSS MiB | rounds req/s |"
+        sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
         if case.idle:
             header += " RSS KiB per idle conn |"
             sep += "---:|"
@@ -521,7 +531,7 @@ def report(
             ratio = f"{ours.rps / r.rps:.2f}" if ours and r.rps else "-"
             row = (
                 f"| {spec.name} | {spec.describe_threads(case)} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | "
-                f"{r.p99_ms:.2f} | {r.errors} | {r.peak_rss_mib} |"
+                f"{r.p99_ms:.2f} | {r.errors} | {r.peak_rss_mib} | {' / '.join(f'{x:,}' for x in r.rounds)} |"
             )
             if case.idle:
                 row += f" {r.idle_rss_per_conn_kib} |"
@@ -552,7 +562,7 @@ def readme_section(payload: dict) -> str:
     ceiling = results.get("hello", {}).get("ceiling")
     intro = (
         f"One server process on one core (pinned), wrk on the other, on {meta['machine']}, {meta['date']}; requests/s "
-        f"with p99 latency in ms in brackets, median of {meta['rounds']} rounds of {meta['duration']} s "
+        f"with p99 latency in ms in brackets, {_rounds_phrase(meta['rounds'])} of {meta['duration']} s "
         "([all cases and servers](benchmarks/results/latest.md), [chart](benchmarks/results/latest.png), how to run "
         "it: [benchmarks/](benchmarks/)). Each peer runs with its best thread count "
         "([threads.md](benchmarks/results/threads.md)); granian has a Rust core, the others are pure Python."
@@ -681,7 +691,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.readme:
-        write_readme(Path(args.out) / "latest.json", ROOT / "README.md")
+        # README's table, and latest.md again (its wording), from latest.json
+        latest = Path(args.out) / "latest.json"
+        payload = json.loads(latest.read_text())
+        names = {c for by in payload["results"].values() for c in by}
+        results = {c: {n: Result(**r) for n, r in by.items()} for c, by in payload["results"].items()}
+        shown_cases = [c for c in CASES if c.name in results]
+        (Path(args.out) / "latest.md").write_text(
+            report(results, [s for s in SERVERS if s.name in names], shown_cases, payload["meta"])
+        )
+        write_readme(latest, ROOT / "README.md")
         return 0
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("benchmarks need wrk and taskset on PATH (Debian: apt-get install wrk util-linux)", file=sys.stderr)
