@@ -20,9 +20,11 @@ unknown scope type.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import io
+import logging
 import socket
 import sys
 import threading
@@ -943,3 +945,52 @@ async def test_unsupported_scope_type() -> None:
 
     with pytest.raises(ValueError, match="unsupported ASGI scope type 'webtransport'"):
         await to_asgi(text_app())({"type": "webtransport"}, receive, send)
+
+
+@pytest.mark.asyncio
+async def test_send_failing_mid_response_raises_closes_and_logs_no_loop_error(caplog: pytest.LogCaptureFixture) -> None:
+    """An ASGI server whose send() fails (its client is gone) gets the error back from the adapter; the app's iterable
+    is closed, and what the worker still posts after the cut is dropped, not reported as a loop error."""
+    closed = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        try:
+            for _ in range(1000):  # bounded; the cut ends it much earlier
+                yield b"x" * 65536
+        finally:
+            closed.set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return body()
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(TIMEOUT)  # no disconnect message: the cut comes from send()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset by peer")
+
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+    adapter = to_asgi(app)
+    caplog.set_level(logging.ERROR, logger="asyncwsgi.error")
+    try:
+        with pytest.raises(OSError, match="connection reset"):
+            await adapter(scope, receive, send)
+        assert await asyncio.to_thread(closed.wait, TIMEOUT), "the iterable was not closed after the cut"
+        pool = adapter.pool
+        deadline = time.monotonic() + TIMEOUT
+        while pool._idle_tokens < pool.threads and time.monotonic() < deadline:  # the worker's call has returned
+            await asyncio.sleep(0.01)
+        assert pool._idle_tokens == pool.threads, "the worker did not finish"
+        for _ in range(3):  # then the loop handles what it posted on the way out
+            await asyncio.sleep(0)
+    finally:
+        adapter.close()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    loop_errors = [r for r in caplog.records if "in the event loop" in r.getMessage()]
+    assert loop_errors == []
