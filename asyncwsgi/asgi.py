@@ -102,9 +102,6 @@ class WSGIToASGI:
             )
         return self._pool
 
-    def channel(self) -> LoopChannel:
-        return self.loop_side()[1]
-
     def loop_side(self) -> tuple[object, LoopChannel]:
         """The running loop (an asyncio loop, or trio's token) and the channel its workers post through."""
         owner, call_soon_threadsafe = _running_loop()

@@ -244,14 +244,7 @@ class WSGICall:
                 raise ClientDisconnected("client disconnected before the application was called")
             try:
                 result = self._app(environ, self.start_response)
-                if type(result) is list and len(result) == 1 and type(result[0]) is bytes and not self.headers_sent:
-                    # The usual shape of a whole response: one bytes object in a list.
-                    if self._status is None:
-                        raise RuntimeError("the application returned without calling start_response()")
-                    self._body_known = True
-                    self._held.append(result[0])
-                else:
-                    self._consume(result)
+                self._consume(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
@@ -289,7 +282,7 @@ class WSGICall:
         no_body = _GOOD_STATUSES.get(status) if type(status) is str else None
         if no_body is None:
             no_body = _check_status(status)
-        if type(headers) is not list and not isinstance(headers, list):
+        if not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
         content_length = None
         has_date = has_server = False
@@ -396,7 +389,7 @@ class WSGICall:
                     self._ended = True
                 else:
                     self._send(chunk)
-            elif flow.closed and not self._ended:
+            elif flow.closed:
                 raise ClientDisconnected("client disconnected")
         if self._status is None:
             raise RuntimeError("the application returned without calling start_response()")

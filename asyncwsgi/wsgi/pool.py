@@ -47,6 +47,11 @@ CPU_SATURATED = 0.85
 SAMPLE_INTERVAL = 0.1
 
 
+def _saturated(cpu0: float, wall0: float, cpu: float, wall: float) -> bool:
+    """The process used at least ``CPU_SATURATED`` of a CPU between two readings (process time, monotonic time)."""
+    return cpu - cpu0 >= CPU_SATURATED * (wall - wall0)
+
+
 class ThreadPool:
     def __init__(
         self,
@@ -119,7 +124,7 @@ class ThreadPool:
 
     def _sample(self, now: float) -> None:
         cpu = time.process_time()
-        self._batching = cpu - self._sample_cpu >= CPU_SATURATED * (now - self._sample_wall)
+        self._batching = _saturated(self._sample_cpu, self._sample_wall, cpu, now)
         self._sample_cpu, self._sample_wall = cpu, now
 
     def _release(self) -> None:
@@ -173,9 +178,9 @@ class ThreadPool:
             self._checking = False
             return
         cpu, wall = time.process_time(), time.monotonic()
-        busy = (cpu - self._cpu_mark) / max(wall - self._wall_mark, 1e-6)
+        saturated = _saturated(self._cpu_mark, self._wall_mark, cpu, wall)
         self._cpu_mark, self._wall_mark = cpu, wall
-        if busy < CPU_SATURATED:
+        if not saturated:
             self._start_threads(min(queued, max(1, len(self._threads))), self.max_threads)
         elif len(self._threads) >= self.max_threads:
             self._warn_starved()
