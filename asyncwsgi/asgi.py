@@ -158,7 +158,8 @@ class WSGIToASGI:
 def _head_from_scope(scope: Scope) -> RequestHead:
     raw_path = scope.get("raw_path")
     if not raw_path:
-        raw_path = quote(scope.get("path", "/"), safe="/:@!$&'()*+,;=-._~").encode("latin-1")
+        # An empty path (nothing in the ASGI spec forbids one) is the root: origin-form needs at least "/".
+        raw_path = quote(scope.get("path") or "/", safe="/:@!$&'()*+,;=-._~").encode("latin-1")
     query = scope.get("query_string", b"")
     target = raw_path + b"?" + query if query else raw_path
     headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]

@@ -113,7 +113,7 @@ def request_environ(
     """The full environ of one request (worker thread)."""
     target = head.target
     host: bytes | None = None
-    if target[:1] == b"/":  # origin-form (a slice: an ASGI scope may give an empty path)
+    if target[:1] == b"/":  # origin-form
         path, _, query = target.partition(b"?")
     elif target == b"*":
         path, query = b"*", b""

@@ -994,3 +994,26 @@ async def test_send_failing_mid_response_raises_closes_and_logs_no_loop_error(ca
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     loop_errors = [r for r in caplog.records if "in the event loop" in r.getMessage()]
     assert loop_errors == []
+
+
+@pytest.mark.asyncio
+async def test_empty_path_in_scope_is_served() -> None:
+    """A scope with an empty path and no raw_path reaches the app as the root path (it used to be a 500)."""
+    seen: dict[str, Any] = {}
+    adapter = to_asgi(environ_recorder(seen))
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(TIMEOUT)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "", "query_string": b"", "headers": []}
+    try:
+        await adapter(scope, receive, send)
+    finally:
+        adapter.close()
+    assert sent[0]["status"] == 200
+    assert (seen["REQUEST_METHOD"], seen["PATH_INFO"]) == ("GET", "/")
