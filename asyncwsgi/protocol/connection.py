@@ -157,6 +157,7 @@ class HTTPConnection(asyncio.Protocol):
             self._reject(exc)
             return
         # Fast path: a whole request without a body, nothing queued behind it: no reason to pause, none to resume.
+        # These fields cover every reason in _must_stop and _body_full: a new reason there must be added here.
         if (
             self._read_paused
             or self._parsing is not None
