@@ -362,7 +362,7 @@ class Server:
         not per connection)."""
         if self._parsers:
             parser = self._parsers.pop()
-            parser.rebind(conn)
+            parser.sink = conn
             return parser
         c = self.config
         return RequestParser(
@@ -372,7 +372,7 @@ class Server:
     def give_parser(self, parser: RequestParser) -> None:
         """Return a parser that sits between messages (its state is clean) to the pool."""
         if len(self._parsers) < PARSER_POOL:
-            parser.rebind(None)
+            parser.sink = None  # type: ignore[assignment]  # pooled: no connection kept alive by it
             self._parsers.append(parser)
 
     def _make_protocol(self) -> HTTPConnection:

@@ -353,13 +353,27 @@ class HTTPConnection(asyncio.Protocol):
         call, payload, keep_alive = msg
         if self._lost or self._transport is None or call is not self._current:
             return
-        if self._transport.is_closing():
+        transport = self._transport
+        if transport.is_closing():
             return  # connection_lost follows and settles the books
-        if self._wbuf is not None:  # earlier chunks of this response are waiting for the end of the drain
-            self._queue(payload)
-            self._flush()
-        elif payload:
-            self._write(payload)
+        # The last bytes are written, but not counted in the WriteFlow: the worker never waits on them, so it never
+        # counted them as queued, and counting them as written would give the connection's next streamed response
+        # that much credit past its bound.
+        buf = self._wbuf
+        if buf is not None:  # earlier chunks of this response are waiting for the end of the drain: one write
+            self._wbuf = None
+            counted = sum(map(len, buf))
+            if isinstance(payload, bytes):
+                buf.append(payload)
+            else:
+                buf.extend(payload)
+            transport.writelines(buf)
+            self._flow.wrote(counted)
+        elif isinstance(payload, bytes):
+            if payload:
+                transport.write(payload)
+        else:
+            transport.writelines(payload)
         self._current = None
         self._server.request_done()
         if call.input is not None and not call.input.complete:

@@ -124,11 +124,11 @@ class RequestParser:
         "_parser",
         "_partial_head",
         "_replaying",
-        "_sink",
         "_upgrade_asked",
         "_upgrading",
         "_url",
         "in_message",
+        "sink",
     )
 
     def __init__(
@@ -139,7 +139,9 @@ class RequestParser:
         limit_size: int = 65536,
         limit_body: int | None = None,
     ) -> None:
-        self._sink = sink
+        #: where requests go: the server pools idle parsers and sets this when it hands one out (between messages
+        #: only), and clears it when one comes back
+        self.sink = sink
         self._limit_body = limit_body
         self._body_bytes = 0
         #: a request has begun and not ended (its head or body is partly received)
@@ -162,11 +164,6 @@ class RequestParser:
         self._upgrading = False
         self._upgrade_asked = False
         self._replaying = False
-
-    def rebind(self, sink: RequestSink | None) -> None:
-        """Serve another connection (between messages only: the server pools idle parsers)."""
-        self._sink = sink  # type: ignore[assignment]
-        self._partial_head = 0
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
@@ -332,7 +329,7 @@ class RequestParser:
             self._expect and version == "1.1",
             self._upgrading,
         )
-        self._sink.on_head(head)
+        self.sink.on_head(head)
 
     def on_body(self, body: bytes) -> None:
         limit = self._limit_body
@@ -340,7 +337,7 @@ class RequestParser:
             self._body_bytes += len(body)
             if self._body_bytes > limit:
                 raise ProtocolError(f"request body larger than {limit} bytes", 413)
-        self._sink.on_body(body)
+        self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
         if self._upgrading:
@@ -352,4 +349,4 @@ class RequestParser:
         self._headers = _NO_HEADERS
         self._url = b""
         self._ended_in_feed = True
-        self._sink.on_end()
+        self.sink.on_end()

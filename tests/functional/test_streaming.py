@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from wsgiref.validate import validator
 
 import httpx
 import pytest
@@ -138,6 +139,45 @@ def test_client_that_stops_reading_stalls_the_app_then_the_stream_resumes_intact
     indexes = [struct.unpack_from(">I", body, i * CHUNK)[0] for i in range(final)]
     assert indexes == list(range(final))
     assert body == b"".join(numbered_chunk(i) for i in range(final))
+
+
+def test_backpressure_stays_bounded_after_many_whole_body_responses_on_one_connection(server):
+    """Responses that end in one message (a list body with Content-Length) are written without the worker waiting on
+    them; they must not count as written-ahead credit that a later streamed response on the same keep-alive
+    connection could use to run past its bound."""
+    producer = Producer(cap=2000)
+    whole = validator(_whole_body_app)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/whole":
+            return whole(environ, start_response)
+        return producer.app(environ, start_response)
+
+    h = server(app)
+    with contextlib.closing(_connect(h, rcvbuf=CLIENT_RCVBUF)) as sock:
+        for _ in range(WHOLE_RESPONSES):
+            sock.sendall(b"GET /whole HTTP/1.1\r\nHost: test\r\n\r\n")
+            resp, body = _read_response(sock)
+            assert resp.status == 200 and len(body) == MiB
+        sock.sendall(GET_STREAM)
+        stalled = producer.wait_stalled(quiet=0.3)
+        rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        bound = SERVER_ALLOWANCE + _tcp_wmem_max() + rcvbuf
+        # The earlier responses total WHOLE_RESPONSES MiB: credit from them would show as that much more produced.
+        assert bound < WHOLE_RESPONSES * MiB, "the earlier responses are too small to show credit"
+        assert 0 < stalled * CHUNK <= bound, f"{stalled} chunks of 64 KiB produced for a client that reads nothing"
+        producer.stop.set()
+        resp, body = _read_response(sock)
+    assert resp.status == 200
+    assert len(body) == producer.count * CHUNK
+
+
+WHOLE_RESPONSES = 24
+
+
+def _whole_body_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(MiB))])
+    return [b"w" * MiB]
 
 
 def test_worker_waiting_on_backpressure_is_released_when_the_client_leaves(server):
