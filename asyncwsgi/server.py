@@ -80,9 +80,14 @@ class Server:
             if self.config.proxy_headers
             else None
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._channel: LoopChannel | None = None
+        # Set by start(), read by every connection per request: plain attributes, not properties (a call each).
+        #: the loop the server runs on
+        self.loop: asyncio.AbstractEventLoop
+        #: worker threads -> loop messages
+        self.channel: LoopChannel
         self._pool: ThreadPool | None = None
+        #: ``limit_concurrency``: at this many requests in flight, new ones are answered 503
+        self.limit_concurrency = self.config.limit_concurrency
         self._listeners: list[tuple[ListenSpec, socket.socket, asyncio.Server | None]] = []
         self._connections: set[HTTPConnection] = set()
         self._in_flight = 0
@@ -111,8 +116,8 @@ class Server:
         if self.started:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._channel = LoopChannel(loop.call_soon_threadsafe)
+        self.loop = loop
+        self.channel = LoopChannel(loop.call_soon_threadsafe)
         self._pool = ThreadPool(
             self.config.threads,
             self.config.thread_idle_timeout,
@@ -335,16 +340,6 @@ class Server:
 
     # -- for connections (loop thread) -------------------------------------------------------------------------------
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None
-        return self._loop
-
-    @property
-    def channel(self) -> LoopChannel:
-        assert self._channel is not None
-        return self._channel
-
     def environ_base(self, sockname: Any, tls: bool) -> dict[str, Any]:
         """The environ keys shared by every request through one listening address (cached: a handful)."""
         key = (sockname if isinstance(sockname, (tuple, str)) else repr(sockname), tls)
@@ -395,16 +390,10 @@ class Server:
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    @property
-    def overloaded(self) -> bool:
-        """At ``limit_concurrency``: new requests get 503 instead of a thread."""
-        limit = self.config.limit_concurrency
-        return limit is not None and self._in_flight >= limit
-
     def submit(self, call: WSGICall) -> None:
         self._in_flight += 1
         assert self._pool is not None
-        self._pool.submit(call.run, None)
+        self._pool.submit(call.context.run, call.run_in_context)  # fn(arg): no frame of our own between
 
     def request_done(self) -> None:
         self._in_flight -= 1

@@ -143,9 +143,9 @@ class HTTPConnection(asyncio.Protocol):
         self._arm_head_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._idle:
-            self._idle = False  # the next request begins: it has timeout_request_header to arrive whole
-            self._arm_head_deadline()
+        idle = self._idle
+        if idle:
+            self._idle = False
         if self._read_done and self._parsing is None:
             return  # no more requests are read; only the body of one being received still is
         parser = self._parser
@@ -156,6 +156,10 @@ class HTTPConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._reject(exc)
             return
+        if idle and self.deadline:
+            # The next request began and its head is not complete yet (on_head clears the keep-alive deadline): it
+            # has timeout_request_header to arrive whole. Armed after the feed, so a whole request reads no clock.
+            self._arm_head_deadline()
         # Fast path: a whole request without a body, nothing queued behind it: no reason to pause, none to resume.
         # These fields cover every reason in _must_stop and _body_full: a new reason there must be added here.
         if (
@@ -289,7 +293,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _start(self, call: WSGICall) -> None:
         server = self._server
-        if server.overloaded:
+        limit = server.limit_concurrency
+        if limit is not None and server.in_flight >= limit:
             # Shed load rather than queue without bound; the body (if any) is unread, so the connection closes.
             logger.warning(
                 "concurrency limit reached: answering 503 to %s %s",
