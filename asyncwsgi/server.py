@@ -35,9 +35,6 @@ logger = logging.getLogger("asyncwsgi.error")
 
 WSGIApp = Callable[..., Iterable[bytes]]
 
-#: Idle request parsers kept for reuse.
-PARSER_POOL = 256
-
 #: Threads started at once when requests find none idle; beyond these the pool grows only while the CPU has room.
 EAGER_THREADS = 4
 
@@ -103,7 +100,8 @@ class Server:
         self._addresses: list[Any] = []
         self._draining = False
         self._environ_bases: dict[Any, dict[str, Any]] = {}
-        self._parsers: list[RequestParser] = []
+        #: parsers between messages, shared by the connections (bounded: ``connection.IDLE_PARSERS``)
+        self.idle_parsers: list[RequestParser] = []
         #: ``wsgi.multiprocess``: set by a supervisor running several workers
         self.multiprocess = False
         self._reap_interval = 1.0
@@ -352,23 +350,13 @@ class Server:
                 self._environ_bases[key] = base
         return base
 
-    def take_parser(self, conn: HTTPConnection) -> RequestParser:
-        """A request parser for ``conn``: reused from the pool when one is free (parsers are per active connection,
-        not per connection)."""
-        if self._parsers:
-            parser = self._parsers.pop()
-            parser.sink = conn
-            return parser
+    def new_parser(self, conn: HTTPConnection) -> RequestParser:
+        """A request parser for ``conn`` when ``idle_parsers`` has none (parsers are per active connection, not per
+        connection: connections take one from ``idle_parsers`` when bytes arrive and put it back between requests)."""
         c = self.config
         return RequestParser(
             conn, c.limit_request_line, c.limit_request_fields, c.limit_request_headers_size, c.limit_request_body
         )
-
-    def give_parser(self, parser: RequestParser) -> None:
-        """Return a parser that sits between messages (its state is clean) to the pool."""
-        if len(self._parsers) < PARSER_POOL:
-            parser.sink = None  # type: ignore[assignment]  # pooled: no connection kept alive by it
-            self._parsers.append(parser)
 
     def _make_protocol(self) -> HTTPConnection:
         return HTTPConnection(self)

@@ -44,6 +44,9 @@ logger = logging.getLogger("asyncwsgi.error")
 MAX_PIPELINE = 16
 _NO_PIPELINE: list[WSGICall] = []  # shared and never appended to
 
+#: Parsers kept between messages for the next connection that needs one (the rest are freed).
+IDLE_PARSERS = 256
+
 #: The transport's write-buffer high-water mark (the worker-side limit is ``bridge.HIGH_WATER``).
 TRANSPORT_HIGH_WATER = 256 * 1024
 
@@ -150,7 +153,13 @@ class HTTPConnection(asyncio.Protocol):
             return  # no more requests are read; only the body of one being received still is
         parser = self._parser
         if parser is None:
-            parser = self._parser = self._server.take_parser(self)
+            idle_parsers = self._server.idle_parsers
+            if idle_parsers:
+                parser = idle_parsers.pop()
+                parser.sink = self
+            else:
+                parser = self._server.new_parser(self)
+            self._parser = parser
         try:
             parser.feed(data)
         except ProtocolError as exc:
@@ -402,11 +411,15 @@ class HTTPConnection(asyncio.Protocol):
             self._idle = True
             server = self._server
             self.deadline = server.loop.time() + server.config.timeout_keep_alive
-            if self._parser is not None:
-                # Between requests a connection needs no parser: back to the pool, so thousands of idle keep-alive
-                # connections hold none (llhttp's state is about 1 KiB).
-                self._server.give_parser(self._parser)
+            parser = self._parser
+            if parser is not None:
+                # Between requests a connection needs no parser: back to the server's idle ones, so thousands of idle
+                # keep-alive connections hold none (llhttp's state is about 1 KiB).
                 self._parser = None
+                idle_parsers = server.idle_parsers
+                if len(idle_parsers) < IDLE_PARSERS:
+                    parser.sink = None  # type: ignore[assignment]  # keeps no connection alive
+                    idle_parsers.append(parser)
         if self._read_paused:
             self._update_reading()
 

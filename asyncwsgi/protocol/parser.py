@@ -139,8 +139,8 @@ class RequestParser:
         limit_size: int = 65536,
         limit_body: int | None = None,
     ) -> None:
-        #: where requests go: the server pools idle parsers and sets this when it hands one out (between messages
-        #: only), and clears it when one comes back
+        #: where requests go: parsers are shared between connections (between messages only), and the connection
+        #: that takes one sets this
         self.sink = sink
         self._limit_body = limit_body
         self._body_bytes = 0

@@ -8,24 +8,32 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 
-__all__ = ["CHUNK_END", "CONTINUE", "error_response", "frame_chunk", "http_date"]
+__all__ = ["CHUNK_END", "CONTINUE", "DATE", "error_response", "frame_chunk", "http_date", "refresh_date"]
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNK_END = b"0\r\n\r\n"
 
-_date_second = 0
-_date_value = ""
+#: ``[value, start, end]``: the current IMF-fixdate and the ``time.time()`` second it stands for. Read inline on the
+#: hot path (``DATE[0]`` once ``DATE[1] <= time.time() < DATE[2]`` holds, else ``refresh_date()`` first), where a
+#: call per response costs. The check holds both ways, so a clock stepped back is followed too. Threads may race
+#: to refresh; a reader sees at worst the previous second's value.
+DATE: list[Any] = ["", 0.0, 0.0]
+
+
+def refresh_date() -> None:
+    second = int(time.time())
+    DATE[0] = formatdate(second, usegmt=True)
+    DATE[1] = float(second)
+    DATE[2] = second + 1.0
 
 
 def http_date() -> str:
-    """The current time as an IMF-fixdate, recomputed at most once per second (thread-safe: a str swap)."""
-    global _date_second, _date_value
-    now = int(time.time())
-    if now != _date_second:
-        _date_value = formatdate(now, usegmt=True)
-        _date_second = now
-    return _date_value
+    """The current time as an IMF-fixdate, recomputed at most once per second."""
+    if not DATE[1] <= time.time() < DATE[2]:
+        refresh_date()
+    return str(DATE[0])
 
 
 def frame_chunk(data: bytes) -> bytes:

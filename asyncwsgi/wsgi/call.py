@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ClientDisconnected
-from ..protocol.writer import CHUNK_END, error_response, frame_chunk, http_date
+from ..protocol.writer import CHUNK_END, DATE, error_response, frame_chunk, refresh_date
 from ..proxy import apply_forwarded
 from .bridge import LoopChannel, WriteFlow
 from .environ import request_environ
@@ -96,6 +96,7 @@ _HOP_BY_HOP = frozenset(
 )
 _SMALL = 16 * 1024  # join head and body into one bytes object below this body size
 _EMPTY_INPUT = EmptyInput()
+_time = time.time
 
 
 # Statuses and header names already validated (the same few, over and over), bounded against hostile apps.
@@ -452,7 +453,9 @@ class WSGICall:
             else:
                 keep_alive = False  # HTTP/1.0, unknown length: the body ends when we close
         if not self._has_date:
-            parts += ("Date: ", http_date(), "\r\n")
+            if not DATE[1] <= _time() < DATE[2]:  # writer.http_date(), inline
+                refresh_date()
+            parts += ("Date: ", DATE[0], "\r\n")
         if not self._has_server and self.conn.server_header:
             parts.append("Server: asyncwsgi\r\n")
         if not keep_alive:

@@ -18,6 +18,8 @@ from wsgiref.validate import validator
 
 import pytest
 
+from asyncwsgi.protocol import writer
+
 from ..apps.basic import echo, hello
 from ..helpers import RawClient
 
@@ -703,6 +705,21 @@ def test_date_and_server_headers(server, raw):
     stamp = email.utils.parsedate_to_datetime(dates[0]).timestamp()
     assert int(before) - 1 <= stamp <= after + 1
     assert [v for k, v in resp.headers if k.lower() == "server"] == ["asyncwsgi"]
+
+
+@pytest.mark.parametrize("cached", [784111777.0, 4102444800.0], ids=["stale", "clock-stepped-back"])
+def test_date_header_follows_the_clock_whatever_second_is_cached(server, raw, cached):
+    handle = server(path_app)
+    client = raw(handle)
+    client.send(get("/"))
+    assert client.read_response().status == 200
+    writer.DATE[:] = [email.utils.formatdate(cached, usegmt=True), cached, cached + 1]  # the cache the workers read
+    before = time.time()
+    client.send(get("/"))
+    resp = client.read_response()
+    after = time.time()
+    stamp = email.utils.parsedate_to_datetime(resp.header("Date")).timestamp()
+    assert int(before) - 1 <= stamp <= after + 1
 
 
 def test_app_date_and_server_headers_are_not_duplicated(server, raw):
