@@ -25,7 +25,6 @@ from .protocol.parser import RequestParser
 from .proxy import ProxyTrust
 from .sockets import ListenSpec, bind_sockets
 from .wsgi.bridge import LoopChannel
-from .wsgi.call import WSGICall
 from .wsgi.environ import connection_environ
 from .wsgi.pool import ThreadPool
 
@@ -65,7 +64,8 @@ class Server:
         self.config = base.replace(**options) if options else base
         self.app = app
         self._given_sockets = sockets
-        self._max_requests = max_requests
+        #: the ``retiring`` event is set once this many requests are done (None: never)
+        self.max_requests = max_requests
         #: requests whose response was completely handed to the transport
         self.requests_done = 0
         #: set once ``max_requests`` requests are done
@@ -82,12 +82,15 @@ class Server:
         self.loop: asyncio.AbstractEventLoop
         #: worker threads -> loop messages
         self.channel: LoopChannel
+        #: ``submit(fn, arg)``: run ``fn(arg)`` on a worker thread (the pool's own method)
+        self.submit: Callable[[Callable[[Any], object], Any], None]
         self._pool: ThreadPool | None = None
         #: ``limit_concurrency``: at this many requests in flight, new ones are answered 503
         self.limit_concurrency = self.config.limit_concurrency
         self._listeners: list[tuple[ListenSpec, socket.socket, asyncio.Server | None]] = []
         self._connections: set[HTTPConnection] = set()
-        self._in_flight = 0
+        #: requests handed to the app and not finished (read-only outside the server and its connections)
+        self.in_flight = 0
         self._all_closed: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._shutdown_task: asyncio.Task[int] | None = None
@@ -123,6 +126,7 @@ class Server:
             schedule=loop.call_later,
             defer=loop.call_soon,
         )
+        self.submit = self._pool.submit
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._stopped = asyncio.Event()
@@ -322,11 +326,6 @@ class Server:
         return len(self._connections)
 
     @property
-    def in_flight(self) -> int:
-        """Requests handed to the app and not finished."""
-        return self._in_flight
-
-    @property
     def queue_depth(self) -> int:
         """Requests waiting for a free worker thread."""
         return self._pool.queued if self._pool is not None else 0
@@ -374,19 +373,15 @@ class Server:
         self._connections.discard(conn)
         self._room.set()
         if had_request:
-            self._in_flight -= 1
+            self.in_flight -= 1
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def submit(self, call: WSGICall) -> None:
-        self._in_flight += 1
-        assert self._pool is not None
-        self._pool.submit(call.context.run, call.run_in_context)  # fn(arg): no frame of our own between
-
     def request_done(self) -> None:
-        self._in_flight -= 1
+        """A request's response ended (``HTTPConnection.on_response_end`` does the same inline)."""
+        self.in_flight -= 1
         self.requests_done += 1
-        if self._max_requests is not None and self.requests_done == self._max_requests:
+        if self.requests_done == self.max_requests:
             self.retiring.set()
 
 

@@ -315,7 +315,8 @@ class HTTPConnection(asyncio.Protocol):
             self._send_error(ProtocolError("the server is at its concurrency limit", 503))
             return
         self._current = call
-        server.submit(call)
+        server.in_flight += 1
+        server.submit(call.context.run, call.run_in_context)  # fn(arg): no frame of ours in between
 
     def _on_input_request_from_worker(self, what: str) -> None:
         # Worker thread: forward to the loop.
@@ -389,7 +390,11 @@ class HTTPConnection(asyncio.Protocol):
         else:
             transport.writelines(payload)
         self._current = None
-        self._server.request_done()
+        server = self._server
+        server.in_flight -= 1  # server.request_done(), inline
+        server.requests_done += 1
+        if server.requests_done == server.max_requests:
+            server.retiring.set()
         if call.input is not None and not call.input.complete:
             if (call.head.expect_continue and not call.input.received) or call.input.failed:
                 keep_alive = False  # the client may not send the body, or its body timed out: framing is lost
@@ -409,7 +414,6 @@ class HTTPConnection(asyncio.Protocol):
             self._arm_head_deadline()  # part of the next request's head is already here
         else:
             self._idle = True
-            server = self._server
             self.deadline = server.loop.time() + server.config.timeout_keep_alive
             parser = self._parser
             if parser is not None:
