@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -106,3 +108,14 @@ class RawClient:
             self.file.close()
         finally:
             self.sock.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
+    """Poll ``predicate`` (a counter nothing signals) until it holds or ``timeout`` passes; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import select
 import threading
-import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from typing import Any
@@ -19,19 +18,9 @@ from asyncwsgi.wsgi import pool as pool_module
 from asyncwsgi.wsgi.pool import ThreadPool
 
 from ..apps.streaming import Gate
+from ..helpers import wait_until
 
 _names = count()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` (a counter nothing signals) until it holds or ``timeout`` passes; bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 class Jobs:

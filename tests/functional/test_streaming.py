@@ -18,8 +18,6 @@ import select
 import socket
 import struct
 import threading
-import time
-from collections.abc import Callable
 from wsgiref.validate import validator
 
 import httpx
@@ -37,6 +35,7 @@ from ..apps.streaming import (
     numbered_chunk,
     read_rss,
 )
+from ..helpers import wait_until
 
 MiB = 1024 * 1024
 
@@ -85,16 +84,6 @@ def _connect(
         sock.close()
         raise
     return sock
-
-
-def _settles(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll ``predicate`` (server counters, which nothing signals) until it holds; bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def _read_response(sock: socket.socket) -> tuple[http.client.HTTPResponse, bytes]:
@@ -296,7 +285,7 @@ def test_client_gone_mid_response_closes_the_iterable_and_stops_iterating(server
         grew = stream.cond.wait_for(lambda: stream.count > seen, timeout=0.2)
     assert not grew, f"the app kept iterating after close(): {seen} -> {stream.count} chunks"
     assert seen < stream.cap
-    assert _settles(lambda: h.call(lambda: (h.server.in_flight, h.server.connections)) == (0, 0))
+    assert wait_until(lambda: h.call(lambda: (h.server.in_flight, h.server.connections)) == (0, 0), timeout=2.0)
 
 
 def test_write_raises_oserror_once_the_client_is_gone(server):
@@ -340,7 +329,7 @@ def test_client_gone_mid_upload_makes_read_raise_oserror(server, framing):
     assert probe.error is not None, f"read() returned a short body ({probe.received} of 1000000 bytes) silently"
     assert isinstance(probe.error, OSError), f"read() raised {type(probe.error).__name__}, not an OSError subclass"
     assert probe.received <= sent
-    assert _settles(lambda: h.call(lambda: (h.server.in_flight, h.server.connections)) == (0, 0))
+    assert wait_until(lambda: h.call(lambda: (h.server.in_flight, h.server.connections)) == (0, 0), timeout=2.0)
 
 
 def test_client_gone_while_the_upload_is_paused_makes_read_raise_oserror(server):

@@ -12,12 +12,11 @@ import logging
 import os
 import select
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.validate import validator
 
-from ..helpers import RawClient, Response
+from ..helpers import RawClient, Response, wait_until
 
 #: The most an error response the server writes itself may weigh (status line, a few headers, a one-line body).
 SMALL_BODY = 256
@@ -150,17 +149,6 @@ def no_data_within(client: RawClient, wait: float) -> bool:
         client.sock.settimeout(client.timeout)
     readable, _, _ = select.select([client.sock], [], [], wait)
     return not readable
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` (a counter nothing signals) until it holds or ``timeout`` passes; bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def open_fds() -> int:
