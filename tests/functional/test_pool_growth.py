@@ -5,6 +5,7 @@ test needs the CPU to look saturated, so each step is deterministic."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -176,10 +177,14 @@ def sample_every_submit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "SAMPLE_INTERVAL", 0.0)
 
 
+_CPU_SECONDS = itertools.count(0.0, 1000.0)
+
+
 def _saturated() -> float:
-    """A process clock that runs ten times faster than the wall clock: saturated, whatever the jitter between two
-    samples microseconds apart."""
-    return 10 * time.monotonic()
+    """A process clock that gains 1,000 s at every reading: saturated between any two samples, however the wall clock
+    reads (a clock derived from the wall clock is not: a test thread preempted between the pool's two clock reads
+    made one sample look idle on a loaded machine)."""
+    return next(_CPU_SECONDS)
 
 
 def test_a_saturated_cpu_batches_jobs_until_the_loop_iteration_ends(
