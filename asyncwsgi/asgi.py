@@ -46,8 +46,9 @@ PAUSED_PEEK = 0.25
 #: Response bytes handed to the worker's loop but not yet taken by ``send()``, above which the worker waits. Small:
 #: the ASGI server keeps its own buffer, and ``send()`` returning is already its backpressure.
 ASGI_HIGH_WATER = 64 * 1024
-#: Request body buffered for an app that is behind, past which receive() is only called every PAUSED_PEEK.
-PEEK_CAP = 4 * BODY_HIGH_WATER
+#: Request body buffered past the stream's high-water mark for an app that is behind, beyond which receive() is
+#: only called every PAUSED_PEEK.
+PEEK_CAP = 3 * BODY_HIGH_WATER
 
 logger = logging.getLogger("asyncwsgi.error")
 
@@ -319,13 +320,13 @@ class _Exchange:
             # Some servers (uvicorn) send "100 Continue" on the first receive(): not before the app reads.
             await self._wait(self._continue)
         while True:
-            if stream is not None and not stream.complete and stream.buffered >= BODY_HIGH_WATER:
+            if stream is not None and not stream.complete and stream.buffered >= stream.high_water:
                 # The app is behind: ask it to say when it has read (stream.pause). ASGI reports a disconnect only
-                # through receive(), possibly queued behind body messages, so up to PEEK_CAP keep receiving, and
-                # beyond it look once every PAUSED_PEEK seconds (one message each time).
+                # through receive(), possibly queued behind body messages, so up to PEEK_CAP past the mark keep
+                # receiving, and beyond it look once every PAUSED_PEEK seconds (one message each time).
                 more = self._more = self._waiter()
                 stream.pause()
-                if stream.buffered >= PEEK_CAP:
+                if stream.buffered >= stream.high_water + PEEK_CAP:
                     await self._wait(more, PAUSED_PEEK)
                     if self._fired(more):
                         continue

@@ -1,6 +1,6 @@
 """Instructions per request on the server's own path, without threads, sockets or the load generator's noise.
 
-``python benchmarks/hotpath.py [--app hello|flask] [--requests N]`` feeds N wrk-shaped GET requests through one
+``python benchmarks/hotpath.py [--app hello|flask|post] [--requests N]`` feeds N wrk-shaped requests through one
 ``HTTPConnection`` over a fake transport: every parse, environ, app call, response head and write runs as it does in
 the server, but the worker's job and the loop's drain run inline, one after the other, on this thread.
 
@@ -32,6 +32,8 @@ from asyncwsgi.wsgi.bridge import LoopChannel  # noqa: E402
 REQUESTS = {
     "hello": b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
     "flask": b"GET /json HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    # the post-64k case: the whole request in one read, as it mostly arrives over loopback
+    "post": b"POST /post HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 65536\r\n\r\n" + b"a" * 65536,
 }
 
 

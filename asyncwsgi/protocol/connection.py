@@ -27,7 +27,7 @@ from ..protocol.writer import CONTINUE, error_response
 from ..wsgi.bridge import WriteFlow
 from ..wsgi.call import SendfileDone, WSGICall
 from ..wsgi.environ import remote_of
-from ..wsgi.input import BODY_HIGH_WATER, InputStream
+from ..wsgi.input import InputStream
 from .parser import RequestHead, RequestParser
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ class HTTPConnection(asyncio.Protocol):
         """The body being received, if its buffer is at the high-water mark."""
         call = self._parsing
         stream = call.input if call is not None else None
-        return stream if stream is not None and stream.buffered >= BODY_HIGH_WATER else None
+        return stream if stream is not None and stream.buffered >= stream.high_water else None
 
     def _must_stop(self) -> bool:
         """Reasons to stop reading other than a full body buffer."""

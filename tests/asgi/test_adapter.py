@@ -39,6 +39,7 @@ import httpx
 import pytest
 
 from asyncwsgi import to_asgi
+from asyncwsgi.wsgi.input import BODY_HIGH_WATER
 
 from ..helpers import RawClient
 from .conftest import ASGIServer, ServerFactory
@@ -212,6 +213,26 @@ def test_upload_streamed_in_pieces(asgi_server: StartServer) -> None:
     assert resp.status_code == 200
     assert resp.text == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
     assert len(pieces) >= 16 and max(pieces) <= 65536
+
+
+def test_read_larger_than_the_buffer_mark(asgi_server: StartServer) -> None:
+    """One ``read(n)`` with n well above the body's buffer mark returns n bytes: the adapter keeps receiving what the
+    app asked for instead of waiting for it to drain a buffer it is itself waiting on."""
+    data = hashlib.sha256(b"big").digest() * (3 * BODY_HIGH_WATER // 32)
+    n = 2 * BODY_HIGH_WATER + 5
+    got: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        got.extend([stream.read(n), stream.read(n), stream.read(n)])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%d" % len(got[0])]
+
+    srv = asgi_server(to_asgi(validator(app)))
+    with httpx.Client(timeout=TIMEOUT) as client:
+        resp = client.post(srv.url + "/big", content=data)
+    assert (resp.status_code, resp.text) == (200, str(n))
+    assert got == [data[:n], data[n:], b""]
 
 
 def test_chunked_upload_read_by_lines(asgi_server: StartServer) -> None:

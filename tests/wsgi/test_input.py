@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,16 +32,20 @@ from .support import WAIT, chunked, request_bytes
 # -- unit: helpers ---------------------------------------------------------------------------------------------------
 
 
-class WatchedCondition(threading.Condition):
-    """A Condition that sets ``blocked`` each time a thread starts waiting on it."""
+class WatchedStream(InputStream):
+    """An InputStream that sets ``blocked`` and counts ``parks`` each time its reader starts waiting for the loop."""
 
-    def __init__(self) -> None:
-        super().__init__(threading.Lock())
+    __slots__ = ("blocked", "parks")
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.blocked = threading.Event()
+        self.parks = 0
 
-    def wait(self, timeout: float | None = None) -> bool:
+    def _park(self, timeout: float | None) -> bool:
+        self.parks += 1
         self.blocked.set()
-        return super().wait(timeout)
+        return super()._park(timeout)
 
 
 class Reader:
@@ -74,10 +79,7 @@ class Harness:
     def __init__(self, expect_continue: bool = False, timeout: float | None = None) -> None:
         self.requests: list[str] = []
         self.on_request: Callable[[str], None] | None = None
-        self.stream = InputStream(self._request_loop, expect_continue, timeout)
-        assert isinstance(self.stream._cond, threading.Condition)
-        self.cond = WatchedCondition()
-        self.stream._cond = self.cond
+        self.stream = WatchedStream(self._request_loop, expect_continue, timeout)
         self.readers: list[Reader] = []
 
     def _request_loop(self, what: str) -> None:
@@ -87,16 +89,22 @@ class Harness:
             self.on_request(what)
 
     def read_in_thread(self, fn: Callable[[InputStream], Any]) -> Reader:
-        self.cond.blocked.clear()
+        self.stream.blocked.clear()
         reader = Reader(lambda: fn(self.stream))
         self.readers.append(reader)
         return reader
 
     def wait_blocked(self, reader: Reader) -> None:
         """Wait until the reader blocks waiting for the loop (it has not returned), then re-arm for the next wait."""
-        assert self.cond.blocked.wait(WAIT), "the reader never blocked"
+        assert self.stream.blocked.wait(WAIT), "the reader never blocked"
         assert not reader.done.is_set(), "the read returned instead of waiting"
-        self.cond.blocked.clear()
+        self.stream.blocked.clear()
+
+    def still_parked(self, reader: Reader) -> None:
+        """The feed just made did not complete what the reader waits for: the loop did not wake it (it is still
+        parked on the same wait; ``feed`` decides that under the stream's lock before it returns)."""
+        assert self.stream._waiter is not None, "the feed woke the reader"
+        assert not reader.done.is_set()
 
 
 @pytest.fixture
@@ -126,14 +134,16 @@ def bytesio_lines(data: bytes) -> list[bytes]:
 
 
 def test_read_n_waits_for_n_bytes(harness):
-    """``read(n)`` returns n bytes, waiting for more as needed; the rest stays for the next read."""
+    """``read(n)`` returns n bytes, waiting for more as needed; the rest stays for the next read. The reader is woken
+    once, when the n bytes are there, not for each piece of the body."""
     h = harness()
     reader = h.read_in_thread(lambda s: s.read(10))
     h.wait_blocked(reader)
     h.stream.feed(b"0123")
-    h.wait_blocked(reader)  # woke, found 4 bytes, waits again
+    h.still_parked(reader)
     h.stream.feed(b"456789AB")
     assert reader.result() == b"0123456789"
+    assert h.stream.parks == 1
     assert h.read_in_thread(lambda s: s.read(2)).result() == b"AB"
 
 
@@ -143,7 +153,7 @@ def test_read_n_returns_what_is_left_at_eof(harness):
     reader = h.read_in_thread(lambda s: s.read(10))
     h.wait_blocked(reader)
     h.stream.feed(b"abc")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed_eof()
     assert reader.result() == b"abc"
     assert h.read_in_thread(lambda s: [s.read(10), s.read(1), s.read(10)]).result() == [b"", b"", b""]
@@ -156,11 +166,12 @@ def test_read_all_waits_for_eof(harness, args):
     reader = h.read_in_thread(lambda s: s.read(*args))
     h.wait_blocked(reader)
     h.stream.feed(b"part one, ")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed(b"part two")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed_eof()
     assert reader.result() == b"part one, part two"
+    assert h.stream.parks == 1
     assert h.read_in_thread(lambda s: s.read()).result() == b""
 
 
@@ -183,6 +194,41 @@ def test_read_n_sequence_matches_a_file(harness):
     assert h.read_in_thread(lambda s: [s.read(n) for n in sizes]).result() == [ref.read(n) for n in sizes]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_mixed_reads_over_random_pieces_match_a_file(harness, seed):
+    """However the body was cut into pieces on the way in, any sequence of ``read(n)``, ``readline()`` and
+    ``readline(n)`` returns exactly what a file holding the body returns (20 seeded cases)."""
+    rng = random.Random(seed)
+    data = bytes(rng.choice(b"ab\n") for _ in range(rng.randrange(1, 3000)))
+    h = harness()
+    at = 0
+    while at < len(data):
+        step = rng.choice([1, 2, 7, 64, 500])
+        h.stream.feed(data[at : at + step])
+        at += step
+    h.stream.feed_eof()
+    ops = [(rng.choice(["read", "readline", "readline-n"]), rng.choice([0, 1, 3, 64, 700])) for _ in range(400)]
+
+    def run(f: Any) -> list[bytes]:
+        calls = {"read": f.read, "readline": lambda n: f.readline(), "readline-n": f.readline}
+        return [calls[op](n) for op, n in ops]
+
+    assert h.read_in_thread(run).result() == run(io.BytesIO(data))
+
+
+def test_a_read_of_a_whole_piece_is_not_copied(harness):
+    """A read that takes exactly one piece as the loop fed it returns that object (a 64 KiB upload read at once
+    costs no copy); a read that spans pieces joins them."""
+    h = harness()
+    piece, second = os.urandom(65536), os.urandom(100)
+    h.stream.feed(piece)
+    h.stream.feed(second)
+    h.stream.feed_eof()
+    got = h.read_in_thread(lambda s: s.read(65536)).result()
+    assert got is piece
+    assert h.read_in_thread(lambda s: s.read(200)).result() == second
+
+
 # -- unit: readline / readlines / iteration --------------------------------------------------------------------------
 
 
@@ -193,7 +239,7 @@ def test_readline_waits_for_a_newline(harness):
     reader = h.read_in_thread(lambda s: s.readline())
     h.wait_blocked(reader)
     h.stream.feed(b"partial")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed(b" line\nnext")
     assert reader.result() == b"partial line\n"
     reader = h.read_in_thread(lambda s: s.readline())
@@ -221,7 +267,7 @@ def test_readline_with_size_returns_when_size_reached(harness):
     reader = h.read_in_thread(lambda s: s.readline(4))
     h.wait_blocked(reader)
     h.stream.feed(b"ab")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed(b"cdef")  # no newline, and no EOF
     assert reader.result() == b"abcd"
 
@@ -238,9 +284,9 @@ def test_readlines(harness):
     reader = h.read_in_thread(lambda s: s.readlines())
     h.wait_blocked(reader)
     h.stream.feed(BODY[:5])
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed(BODY[5:])
-    h.wait_blocked(reader)
+    h.wait_blocked(reader)  # took the whole lines, waits for the end of the last one
     h.stream.feed_eof()
     assert reader.result() == bytesio_lines(BODY)
 
@@ -300,7 +346,7 @@ def test_abort_raises_in_a_blocked_reader(harness, read):
     reader = h.read_in_thread(read)
     h.wait_blocked(reader)
     h.stream.feed(b"par")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.abort(ClientDisconnected("client went away"))
     with pytest.raises(ClientDisconnected) as info:
         reader.result()
@@ -329,6 +375,21 @@ def test_read_timeout_raises_oserror(harness):
     assert isinstance(info.value, OSError)
 
 
+def test_read_timeout_counts_from_the_last_piece(harness):
+    """The body timeout is the time without any new piece of the body, not the time one read takes: a body that
+    keeps trickling in (a piece every 0.1 s, for twice the 0.5 s timeout) completes a read that waits for all of it,
+    even though no single piece wakes the reader."""
+    h = harness(timeout=0.5)
+    reader = h.read_in_thread(lambda s: s.read(10))
+    h.wait_blocked(reader)
+    for i in range(9):
+        h.stream.feed(b"%d" % i)
+        assert not reader.done.wait(0.1), "the read returned before its 10 bytes arrived"
+    h.stream.feed(b"9")
+    assert reader.result() == b"0123456789"
+    assert h.stream.parks < 9, "the reader was woken for pieces that did not complete its read"
+
+
 # -- unit: requests to the loop (100-continue, flow control) ---------------------------------------------------------
 
 
@@ -341,7 +402,7 @@ def test_continue_requested_on_first_read_when_nothing_received(harness):
     h.wait_blocked(reader)
     assert h.requests == [InputStream.WANT_CONTINUE] == ["continue"]
     h.stream.feed(b"ab")
-    h.wait_blocked(reader)
+    h.still_parked(reader)
     h.stream.feed(b"cd")
     assert reader.result() == b"abcd"
     reader = h.read_in_thread(lambda s: s.read(2))
@@ -553,6 +614,44 @@ def test_large_body_read_in_small_pieces(server, raw, framing):
     resp = client.read_response()
     assert resp.status == 200
     assert resp.body == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+
+
+#: Reads of more than the stream's buffer mark at once: each returns what it asked for (as a file does).
+BIG_READS: dict[str, Callable[[Any], list[bytes]]] = {
+    "read-n": lambda f: [f.read(BODY_HIGH_WATER * 4 + 7), f.read()],
+    "readline": lambda f: [f.readline(), f.readline(), f.readline()],
+    "readline-n": lambda f: [f.readline(BODY_HIGH_WATER * 3), f.readline(BODY_HIGH_WATER * 3), f.read()],
+}
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("mode", BIG_READS)
+def test_reads_larger_than_the_buffer_mark(server, raw, mode, framing):
+    """``read(n)`` with n above the body's buffer mark (the point where the server stops reading the socket until
+    the app catches up), and a line longer than it: the server buffers what the app asked for instead of waiting
+    for the app to drain a buffer it is itself waiting on."""
+    line = bytes(range(32, 127)) * (BODY_HIGH_WATER * 5 // 95)  # over 5x the mark, no newline
+    data = line + b"\n" + os.urandom(BODY_HIGH_WATER).replace(b"\n", b"") + b"\nend"
+    ref = io.BytesIO(data)
+    expected = [(len(x), hashlib.sha256(x).hexdigest()) for x in BIG_READS[mode](ref)]
+
+    def app(environ, start_response):
+        got = [[len(x), hashlib.sha256(x).hexdigest()] for x in BIG_READS[mode](environ["wsgi.input"])]
+        body = json.dumps(got).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    client = raw(server(app, timeout_request_body=5.0), timeout=10)
+    if framing == "content-length":
+        client.send(request_bytes("POST", "/big", [("Content-Length", str(len(data)))]))
+        client.send(data)
+    else:
+        client.send(request_bytes("POST", "/big", [("Transfer-Encoding", "chunked")]))
+        step = 65_521
+        client.send(chunked(*(data[i : i + step] for i in range(0, len(data), step))))
+    resp = client.read_response()
+    assert resp.status == 200, resp
+    assert [tuple(x) for x in json.loads(resp.body)] == expected
 
 
 def test_client_disconnect_mid_body_raises_oserror_in_app(server, raw):
