@@ -102,13 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"asyncwsgi: error: {exc}", file=sys.stderr)
         return 2
 
-    from .runner import configure_logging, run
+    from .runner import configure_logging, run, tune_allocator
 
     try:
         configure_logging(config.log_level, config.log_config)
     except ConfigError as exc:
         print(f"asyncwsgi: error: {exc}", file=sys.stderr)
         return 2
+    tune_allocator()  # before any fork: workers inherit it
     if config.workers > 1 or config.reload or config.max_requests is not None:
         from .supervisor import supervise
 
