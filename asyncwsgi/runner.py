@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -21,7 +22,7 @@ from .config import Config
 from .errors import ConfigError
 from .server import Server
 
-__all__ = ["configure_logging", "loop_factory", "run", "tune_allocator"]
+__all__ = ["configure_logging", "freeze_heap", "loop_factory", "run", "tune_allocator"]
 
 logger = logging.getLogger("asyncwsgi.error")
 
@@ -109,6 +110,15 @@ def load_log_config(path: str) -> dict[str, Any]:
     return data
 
 
+def freeze_heap() -> None:
+    """Collect once, then take everything still alive (the app, its modules, the server) out of the cyclic garbage
+    collector's later passes (``gc.freeze``). Those objects live as long as the process; without this, every full
+    collection walks all of them: with Flask loaded about 35,000 objects, a 20 ms pause every few thousand requests.
+    Called once the app is imported, before serving."""
+    gc.collect()
+    gc.freeze()
+
+
 def loop_factory(name: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop]]:
     """The loop ``--loop`` asks for: ``auto`` takes uvloop when it imports, the stdlib loop otherwise."""
     if name in ("auto", "uvloop"):
@@ -125,6 +135,7 @@ def loop_factory(name: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop
 def run(app: Any, config: Config) -> int:
     """Serve until SIGINT/SIGTERM; return the exit status (0 after a clean graceful shutdown)."""
     loop_name, factory = loop_factory(config.loop)
+    freeze_heap()
     loop = factory()
     try:
         return loop.run_until_complete(_main(app, config, loop_name))

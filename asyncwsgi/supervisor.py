@@ -78,7 +78,7 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 from .importer import AppModuleError, import_app
-from .runner import _describe, loop_factory
+from .runner import _describe, freeze_heap, loop_factory
 from .server import Server, tls_context
 from .sockets import ListenSpec, bind_sockets
 
@@ -607,6 +607,7 @@ def _worker_main(
             _log_import_error(exc, f"worker pid {pid}: ")
             return EXIT_NO_APP
     loop_name, factory = loop_factory(config.loop)
+    freeze_heap()
     loop = factory()
     try:
         return loop.run_until_complete(_serve_worker(app, config, sockets, chan, max_requests, loop_name))

@@ -1013,3 +1013,22 @@ def test_the_command_line_tunes_the_allocator_before_it_serves(capsys, allocator
     rc, _, _ = run_main(capsys, "serve", "tests.apps.cli_targets:app", "--port", "-1")
     assert rc == 2
     assert allocator_calls == [None], "a bad option is reported before anything else happens"
+
+
+# -- the collector -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_app_and_its_modules_are_frozen_out_of_the_collector(procs, workers):
+    """Before serving, the server (each worker, with ``--workers``) collects once and freezes what is alive, so full
+    collections stop walking the app's modules."""
+    proc = procs.start(["tests.apps.cli_targets:gc_app", "--port", "0", "--workers", str(workers)])
+    frozen: dict[str, int] = {}
+    with httpx.Client(base_url=proc.url, timeout=10) as client:
+        for _ in range(40):  # bounded: until both workers have answered (or 40 new connections)
+            count, pid = client.get("/", headers={"Connection": "close"}).text.split()
+            frozen[pid] = int(count)
+            if len(frozen) == workers:
+                break
+    assert len(frozen) == workers
+    assert all(count > 10_000 for count in frozen.values()), frozen

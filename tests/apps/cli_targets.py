@@ -8,6 +8,8 @@
   to the pipe whose read end it inherited (``ASYNCWSGI_TEST_RELEASE_FD``), so a test controls exactly when an
   in-flight request finishes, across processes;
 - ``upload_app``: announces itself, then reads the whole request body and answers with its size and SHA-256;
+- ``gc_app``: answers with ``gc.get_freeze_count()`` and its pid (objects the server took out of the collector's
+  way before serving);
 - ``exit_app``: calls ``sys.exit(3)`` on ``/exit`` (an app bug: it must not stop or hang the server), answers
   200 elsewhere.
 
@@ -17,6 +19,7 @@ a shutdown has begun).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import select
@@ -111,3 +114,9 @@ def _exit(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 
 exit_app = validator(_exit)
+
+
+def gc_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    body = f"{gc.get_freeze_count()} {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
