@@ -78,9 +78,14 @@ class ThreadPool:
         self._idle_timeout = idle_timeout or None
         self._name = name
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        # One token per idle thread: submit takes a token to hand the job to an idle thread instead of starting one.
-        # A plain counter under a C lock: threading.Semaphore is Python code, too slow for once per request.
-        self._idle_tokens = 0
+        # Threads waiting for a job (or about to), and threads started that have not begun waiting yet, as the
+        # lengths of two lists: a job that finds the queue no longer than both together will be taken without a new
+        # thread. A thread counts itself out when it takes a job, whoever it was meant for. list.append/pop/len are
+        # single C calls under the GIL, so the per-job path takes no lock: a lock shared by the loop and hundreds
+        # of workers makes the loop block on it whenever a worker holding it loses the GIL, and then wait again for
+        # the GIL, behind those workers. ``_lock`` guards only starting and stopping threads.
+        self._idle: list[None] = []
+        self._starting: list[None] = []
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._counter = 0
@@ -134,20 +139,22 @@ class ThreadPool:
         if not self._shutdown:  # else the server stopped before they could start; their connections are gone
             self._hand_over(held)
 
+    def _unserved(self) -> int:
+        """Jobs queued beyond what idle and starting threads will take (held jobs count: they will be queued)."""
+        return self._queue.qsize() + len(self._held) - len(self._idle) - len(self._starting)
+
     def _hand_over(self, jobs: list[Job] | tuple[Job, ...]) -> None:
-        put = self._queue.put
+        queue_ = self._queue
+        put = queue_.put
         for job in jobs:
             put(job)
-        waiting = len(jobs)
-        with self._lock:
-            woken = min(waiting, self._idle_tokens)  # idle threads will take these
-            self._idle_tokens -= woken
-            waiting -= woken
-            while waiting and len(self._threads) < self._eager:
-                self._start_thread_locked()
-                waiting -= 1
-        if not waiting:
+        waiting = queue_.qsize() - len(self._idle) - len(self._starting)
+        if waiting <= 0:
             return
+        if len(self._threads) < self._eager:
+            waiting -= self._start_threads(waiting, self._eager)
+            if waiting <= 0:
+                return
         if len(self._threads) >= self.max_threads:
             self._warn_starved()
         if not self._checking and self._schedule is not None:
@@ -166,6 +173,7 @@ class ThreadPool:
         return started
 
     def _start_thread_locked(self) -> None:
+        self._starting.append(None)
         self._counter += 1
         t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
         self._threads.add(t)
@@ -173,8 +181,8 @@ class ThreadPool:
 
     def _check_growth(self) -> None:
         """Loop thread, every ``GROW_INTERVAL`` while jobs wait: add threads if the CPU has room for them."""
-        queued = self.queued
-        if queued == 0 or self._shutdown:
+        queued = self._unserved()
+        if queued <= 0 or self._shutdown:
             self._checking = False
             return
         cpu, wall = time.process_time(), time.monotonic()
@@ -208,23 +216,28 @@ class ThreadPool:
     # -- worker threads ----------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        get = self._queue.get
-        lock = self._lock
+        queue_ = self._queue
+        get = queue_.get
+        idle = self._idle
+        idle_in, idle_out = idle.append, idle.pop
         me = threading.current_thread()
+        self._starting.pop()
+        idle_in(None)
         try:
             while True:
                 try:
                     job = get(timeout=self._idle_timeout)
                 except queue.Empty:
-                    # Stop only if our idle token is still ours (if submit took it, a job is on its way to us), and
-                    # leave the thread count in the same locked step, so a submit racing with us sees either our
-                    # token or our absence, and starts a thread in the latter case.
-                    with lock:
-                        if self._idle_tokens:
-                            self._idle_tokens -= 1
-                            self._threads.discard(me)
-                            return
-                    continue
+                    # Count ourselves out, then look: a submit that counted on us had queued its job before it
+                    # looked, so we see that job and stay; one that looks later sees us gone and starts a thread.
+                    with self._lock:
+                        idle_out()
+                        if queue_.qsize():
+                            idle_in(None)
+                            continue
+                        self._threads.discard(me)
+                        return
+                idle_out()
                 if job is None:
                     return
                 fn, arg = job
@@ -233,8 +246,7 @@ class ThreadPool:
                 except BaseException:  # the job reports its own errors; this is the last line of defence
                     logger.exception("unhandled error in worker thread")
                 del job, fn, arg
-                with lock:
-                    self._idle_tokens += 1
+                idle_in(None)
         finally:
             with self._lock:
                 self._threads.discard(me)

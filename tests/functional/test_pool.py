@@ -217,13 +217,13 @@ def test_a_job_submitted_while_the_last_thread_stops_still_runs(make_pool):
     first = threading.Event()
     pool.submit(lambda ev: ev.set(), first)
     assert first.wait(5.0)
-    assert wait_until(lambda: pool._idle_tokens == 1), "the worker did not become idle"
+    assert wait_until(lambda: len(pool._idle) == 1), "the worker did not become idle"
     held.armed = True
     second = threading.Event()
     submitter = threading.Thread(target=pool.submit, args=(lambda ev: ev.set(), second), name="test-submitter")
     try:
         assert held.stopping.wait(5.0), "the idle thread did not time out"
-        assert pool.threads == 1 and pool._idle_tokens == 1  # held just before it takes its token to stop
+        assert pool.threads == 1 and len(pool._idle) == 1  # held just before it counts itself out to stop
         # Submit while the only thread is stopping. A pool may make submit wait for the stopping thread (a lock
         # around the decision) or not; either way the job must run.
         submitter.start()

@@ -109,6 +109,34 @@ def test_a_saturated_cpu_stops_growth(gate: threading.Event, monkeypatch: pytest
     assert len(sched.pending) == 1  # still checking, in case the CPU frees up
 
 
+def test_a_job_taken_from_the_queue_leaves_no_idle_thread_behind_it() -> None:
+    """A thread that finishes its job and takes a queued one is busy, not idle: the next job must not count on it.
+    (It did: the thread said it was idle, then took the queued job; the next job took that word, started no thread
+    and scheduled no growth, and waited in the queue for a job to end.)"""
+    sched = ManualScheduler()
+    pool = ThreadPool(64, eager_threads=2, schedule=sched)
+    gates = [threading.Event() for _ in range(4)]
+    started = threading.Semaphore(0)
+    try:
+        for g in gates[:3]:  # a and b run on the two eager threads, c waits
+            pool.submit(_blocking_job(g, started), None)
+        _wait_started(started, 2)
+        gates[0].set()  # a ends: its thread takes c
+        _wait_started(started, 1)
+        assert sched.run_pending() == 1  # the growth check scheduled for c: nothing waits now, checks stop
+        assert sched.pending == []
+        assert pool.threads == 2
+        pool.submit(_blocking_job(gates[3], started), None)  # d: both threads are busy (b, c)
+        assert len(sched.pending) == 1, "d counted on an idle thread that is running c"
+        time.sleep(0.02)  # wall time passes with the jobs blocked: the check sees room for a thread
+        sched.run_pending()
+        _wait_started(started, 1)
+        assert pool.threads == 3
+    finally:
+        for g in gates:
+            g.set()
+
+
 def test_growth_never_exceeds_max_threads(gate: threading.Event) -> None:
     sched = ManualScheduler()
     pool = ThreadPool(3, eager_threads=2, schedule=sched)
