@@ -1005,9 +1005,9 @@ async def test_send_failing_mid_response_raises_closes_and_logs_no_loop_error(ca
         assert await asyncio.to_thread(closed.wait, TIMEOUT), "the iterable was not closed after the cut"
         pool = adapter.pool
         deadline = time.monotonic() + TIMEOUT
-        while pool._idle_tokens < pool.threads and time.monotonic() < deadline:  # the worker's call has returned
+        while len(pool._idle) < pool.threads and time.monotonic() < deadline:  # the worker's call has returned
             await asyncio.sleep(0.01)
-        assert pool._idle_tokens == pool.threads, "the worker did not finish"
+        assert len(pool._idle) == pool.threads, "the worker did not finish"
         for _ in range(3):  # then the loop handles what it posted on the way out
             await asyncio.sleep(0)
     finally:
