@@ -91,6 +91,7 @@ class ThreadPool:
         self._counter = 0
         self._shutdown = False
         self._last_warning = 0.0
+        self._last_thread_error = 0.0
         self._defer = defer
         self._batching = False
         self._held: list[Job] = []
@@ -167,17 +168,32 @@ class ThreadPool:
         """Start up to ``n`` threads without exceeding ``limit`` in all; returns how many started."""
         started = 0
         with self._lock:
-            while started < n and len(self._threads) < limit:
-                self._start_thread_locked()
+            while started < n and len(self._threads) < limit and self._start_thread_locked():
                 started += 1
         return started
 
-    def _start_thread_locked(self) -> None:
-        self._starting.append(None)
+    def _start_thread_locked(self) -> bool:
+        """Start a worker thread; False if the system refused one (the jobs then wait for the threads there are)."""
         self._counter += 1
         t = threading.Thread(target=self._work, name=f"{self._name}-{self._counter}", daemon=True)
+        self._starting.append(None)
         self._threads.add(t)
-        t.start()
+        try:
+            t.start()
+        except RuntimeError as exc:  # "can't start new thread": out of memory, or a limit on threads or processes
+            self._threads.discard(t)
+            self._starting.pop()
+            now = time.monotonic()
+            if now - self._last_thread_error >= 5.0:
+                self._last_thread_error = now
+                logger.error(
+                    "could not start a worker thread (%s); %d thread(s) serve the %d request(s) waiting",
+                    exc,
+                    len(self._threads),
+                    self._queue.qsize() + len(self._held),
+                )
+            return False
+        return True
 
     def _check_growth(self) -> None:
         """Loop thread, every ``GROW_INTERVAL`` while jobs wait: add threads if the CPU has room for them."""

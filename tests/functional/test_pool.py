@@ -235,6 +235,32 @@ def test_a_job_submitted_while_the_last_thread_stops_still_runs(make_pool):
     assert second.wait(2.0), f"the job was never run: {pool.threads} thread(s), {pool.queued} job(s) queued"
 
 
+def test_a_thread_the_system_refuses_leaves_the_jobs_to_the_threads_there_are(make_pool, monkeypatch, caplog):
+    """When the system will not start another thread (memory, a thread or process limit), submit does not raise
+    into the loop: the pool logs it once and the jobs run on the threads it has."""
+    pool = make_pool(4)
+    real_start = threading.Thread.start
+    started: list[str] = []
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith(pool._name) and started:
+            raise RuntimeError("can't start new thread")
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    done = threading.Semaphore(0)
+    caplog.set_level(logging.ERROR, logger="asyncwsgi.error")
+    for _ in range(3):
+        pool.submit(lambda sem: sem.release(), done)
+    for _ in range(3):
+        assert done.acquire(timeout=5.0), "a job never ran"
+    assert pool.threads == 1
+    refusals = [r for r in caplog.records if "could not start a worker thread" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+    assert pool._starting == []
+
+
 # -- functional: through the server ---------------------------------------------------------------------------------
 
 
