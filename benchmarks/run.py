@@ -24,6 +24,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -503,6 +504,14 @@ def _machine() -> str:
     )
 
 
+def _paired_ratio(ours: Result, other: Result) -> float:
+    """Our requests/s over the other's, compared within each round (machine noise moves both alike), then the median;
+    the ratio of the medians when the rounds do not pair up (one failed)."""
+    if len(ours.rounds) == len(other.rounds) and all(other.rounds):
+        return float(statistics.median(a / b for a, b in zip(ours.rounds, other.rounds, strict=True)))
+    return ours.rps / other.rps
+
+
 def report(
     results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases: list[Case], meta: dict[str, str]
 ) -> str:
@@ -511,7 +520,8 @@ def report(
         "",
         f"{meta['date']} on {meta['machine']}. One server process pinned to CPU {SERVER_CPU}, wrk pinned to CPU "
         f"{LOAD_CPU}; {_rounds_phrase(meta['rounds'])} of {meta['duration']} s, servers alternated each round. "
-        "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's.",
+        "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's, round by round (the two ran minutes apart "
+        "at most), median of the rounds; where a round failed, the ratio of the medians.",
         "",
     ]
     for case in cases:
@@ -528,7 +538,7 @@ def report(
             sep += "---:|"
         lines += [header, sep]
         for spec, r in rows:
-            ratio = f"{ours.rps / r.rps:.2f}" if ours and r.rps else "-"
+            ratio = f"{_paired_ratio(ours, r):.2f}" if ours and r.rps else "-"
             row = (
                 f"| {spec.name} | {spec.describe_threads(case)} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | "
                 f"{r.p99_ms:.2f} | {r.errors} | {r.peak_rss_mib} | {' / '.join(f'{x:,}' for x in r.rounds)} |"
