@@ -583,6 +583,16 @@ def test_read_does_not_block_past_content_length(server, raw):
     assert client.read_response().body == repr([body, b"", b""]).encode()
 
 
+def send_upload(client: Any, data: bytes, framing: str, step: int) -> None:
+    """POST ``data`` to /big, framed by Content-Length or as chunks of ``step`` bytes."""
+    if framing == "content-length":
+        client.send(request_bytes("POST", "/big", [("Content-Length", str(len(data)))]))
+        client.send(data)
+    else:
+        client.send(request_bytes("POST", "/big", [("Transfer-Encoding", "chunked")]))
+        client.send(chunked(*(data[i : i + step] for i in range(0, len(data), step))))
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_large_body_read_in_small_pieces(server, raw, framing):
     """A body much larger than the server's buffer (several MiB) arrives intact when read a few bytes at a time; the
@@ -604,13 +614,7 @@ def test_large_body_read_in_small_pieces(server, raw, framing):
         return [body]
 
     client = raw(server(validator(app)), timeout=10)
-    if framing == "content-length":
-        client.send(request_bytes("POST", "/big", [("Content-Length", str(len(data)))]))
-        client.send(data)
-    else:
-        client.send(request_bytes("POST", "/big", [("Transfer-Encoding", "chunked")]))
-        step = 100_003
-        client.send(chunked(*(data[i : i + step] for i in range(0, len(data), step))))
+    send_upload(client, data, framing, 100_003)
     resp = client.read_response()
     assert resp.status == 200
     assert resp.body == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
@@ -642,13 +646,7 @@ def test_reads_larger_than_the_buffer_mark(server, raw, mode, framing):
         return [body]
 
     client = raw(server(app, timeout_request_body=5.0), timeout=10)
-    if framing == "content-length":
-        client.send(request_bytes("POST", "/big", [("Content-Length", str(len(data)))]))
-        client.send(data)
-    else:
-        client.send(request_bytes("POST", "/big", [("Transfer-Encoding", "chunked")]))
-        step = 65_521
-        client.send(chunked(*(data[i : i + step] for i in range(0, len(data), step))))
+    send_upload(client, data, framing, 65_521)
     resp = client.read_response()
     assert resp.status == 200, resp
     assert [tuple(x) for x in json.loads(resp.body)] == expected
