@@ -54,6 +54,8 @@ TRANSPORT_HIGH_WATER = 256 * 1024
 class HTTPConnection(asyncio.Protocol):
     # Slots: thousands of idle keep-alive connections must stay small (benchmarks/ measures bytes per connection).
     __slots__ = (
+        "_after_end",
+        "_after_end_asked",
         "_current",
         "_flow",
         "_idle",
@@ -99,6 +101,10 @@ class HTTPConnection(asyncio.Protocol):
         self._current: WSGICall | None = None
         self._parsing: WSGICall | None = None
         self._pipeline: list[WSGICall] = _NO_PIPELINE  # a list of its own once a request waits behind another
+        #: the last call, if its response ended before its iterable was closed (``WSGICall.open_after_end``): the
+        #: next call waits until the worker is done with it; ``_after_end_asked`` once the loop is waiting for that
+        self._after_end: WSGICall | None = None
+        self._after_end_asked = False
         self._pending_error: ProtocolError | None = None
         self._read_paused = False
         self._read_done = False  # no more requests will be read (close asked, protocol switched, client EOF)
@@ -238,7 +244,7 @@ class HTTPConnection(asyncio.Protocol):
             head.keep_alive = False  # --timeout-keep-alive 0: one request per connection
         if not head.keep_alive:
             self._read_done = True
-        if self._current is None:
+        if self._current is None and (self._after_end is None or self._previous_closed()):
             self._start(call)
         else:
             if self._pipeline is _NO_PIPELINE:
@@ -390,6 +396,9 @@ class HTTPConnection(asyncio.Protocol):
         else:
             transport.writelines(payload)
         self._current = None
+        if call.open_after_end is not None:
+            self._after_end = call
+            self._after_end_asked = False
         server = self._server
         server.in_flight -= 1  # server.request_done(), inline
         server.requests_done += 1
@@ -406,7 +415,8 @@ class HTTPConnection(asyncio.Protocol):
             self._send_error(self._pending_error)
             return
         if self._pipeline:
-            self._start(self._pipeline.pop(0))
+            if self._after_end is None or self._previous_closed():
+                self._start(self._pipeline.pop(0))
         elif self._read_done:
             self._close()
             return
@@ -426,6 +436,37 @@ class HTTPConnection(asyncio.Protocol):
                     idle_parsers.append(parser)
         if self._read_paused:
             self._update_reading()
+
+    def _previous_closed(self) -> bool:
+        """Whether the worker is done with the call whose response ended early (see ``WSGICall.open_after_end``);
+        if not, it posts ``on_call_closed`` when it is."""
+        if self._after_end_asked:
+            return False
+        call = self._after_end
+        assert call is not None and call.open_after_end is not None
+        token = call.open_after_end
+        if token:
+            try:
+                token.pop()
+                self._after_end_asked = True  # the worker will find the token gone and post on_call_closed
+                return False
+            except IndexError:
+                pass
+        self._after_end = None
+        return True
+
+    def on_call_closed(self, call: WSGICall) -> None:
+        """The worker closed the iterable of the call the next one waits for: start that one."""
+        if self._after_end is not call:
+            return
+        self._after_end = None
+        self._after_end_asked = False
+        if self._lost or self._current is not None or self.closing:
+            return
+        if self._pipeline:
+            self._start(self._pipeline.pop(0))
+            if self._read_paused:
+                self._update_reading()
 
     def on_response_abort(self, call: WSGICall) -> None:
         if self._current is call:

@@ -69,6 +69,7 @@ class ResponseTarget(Protocol):
     def on_response_end(self, msg: Any) -> None: ...
     def on_response_abort(self, call: Any) -> None: ...
     def on_sendfile(self, msg: Any) -> None: ...
+    def on_call_closed(self, call: Any) -> None: ...
 
 
 __all__ = ["WSGICall"]
@@ -182,6 +183,7 @@ class WSGICall:
         "head",
         "headers_sent",
         "input",
+        "open_after_end",
     )
 
     def __init__(
@@ -217,6 +219,10 @@ class WSGICall:
         self._started = 0.0
         #: set (worker thread) once the response head has been posted; read by the loop for 100-continue.
         self.headers_sent = False
+        #: ``[None]`` when the end of the response was posted before the app's iterable was exhausted and closed:
+        #: the worker and the loop each pop it once, and whichever finds it empty knows the other passed first (the
+        #: worker then posts ``on_call_closed``; the loop starts the connection's next call at once). Else None.
+        self.open_after_end: list[None] | None = None
 
     # == worker thread ==============================================================================================
 
@@ -261,8 +267,22 @@ class WSGICall:
             self._fail(exc)
         finally:
             self._finished = True  # a write() kept by the app after this must not reach the connection
+            if self.open_after_end is not None:
+                self._closed_after_end()
         if access_log:
             self._log_access(environ)
+
+    def _closed_after_end(self) -> None:
+        """The iterable of a response that ended early is closed: the connection may start its next call."""
+        token = self.open_after_end
+        assert token is not None
+        if token:
+            try:
+                token.pop()
+                return  # first: the loop will find the token gone when it looks
+            except IndexError:
+                pass
+        self._post(self.conn.on_call_closed, self)  # the loop looked first and waits for this
 
     # -- start_response / write --------------------------------------------------------------------------------------
 
@@ -387,6 +407,7 @@ class WSGICall:
                     # block) goes out as the end of the response, at once and in one hand-off; the iterable is still
                     # run to its end and closed, but nothing it does can touch this response or the connection.
                     self._held.append(chunk)
+                    self.open_after_end = [None]  # before the post: the loop must see it with the end
                     self._finish()
                     self._ended = True
                 else:

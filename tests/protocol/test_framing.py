@@ -159,6 +159,47 @@ def test_pipelined_requests_answered_in_order_one_call_at_a_time(server, raw):
     check_answered(client, "/fourth")
 
 
+@pytest.mark.parametrize("when", ["pipelined", "after-the-response"])
+def test_next_request_waits_for_the_previous_iterable_to_close(server, raw, when):
+    """A one-chunk response with Content-Length goes out as soon as its chunk is produced, before the app's
+    iterable is exhausted and closed; the next request on the connection, pipelined or sent once that response
+    arrived, still starts only once that close() returned (a framework's teardown runs there)."""
+    events: list[str] = []
+    closing = threading.Event()
+    release = threading.Event()
+    second_entered = threading.Event()
+
+    def body(path: str) -> Iterator[bytes]:
+        try:
+            yield path.encode()
+        finally:
+            if path == "/first":
+                closing.set()
+                release.wait(5.0)
+            events.append(f"closed {path}")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        events.append(f"enter {path}")
+        if path == "/second":
+            second_entered.set()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(path)))])
+        return body(path)
+
+    client = raw(server(validator(app), threads=4))
+    client.send(get("/first") + get("/second") if when == "pipelined" else get("/first"))
+    assert client.read_response().body == b"/first"  # out before /first's iterable is closed
+    assert closing.wait(5.0)
+    if when != "pipelined":
+        client.send(get("/second"))
+    try:
+        assert not second_entered.wait(0.3), "/second started while /first's iterable was still open"
+    finally:
+        release.set()
+    assert client.read_response().body == b"/second"
+    assert events == ["enter /first", "closed /first", "enter /second", "closed /second"]
+
+
 def test_long_pipeline_answered_in_order(server, raw):
     # More requests than the server queues per connection before it pauses reading.
     handle = server(path_app)
