@@ -336,7 +336,8 @@ class _Exchange:
                 if stream is not None and not stream.complete:
                     body = message.get("body", b"")
                     if body:
-                        stream.feed(body)
+                        # The stream keeps what it is fed, uncopied: a server's reused buffer must not be kept.
+                        stream.feed(body if type(body) is bytes else bytes(body))
                     if not message.get("more_body", False):
                         stream.feed_eof()
             elif kind == "http.disconnect":

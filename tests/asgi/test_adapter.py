@@ -1038,3 +1038,52 @@ async def test_empty_path_in_scope_is_served() -> None:
         adapter.close()
     assert sent[0]["status"] == 200
     assert (seen["REQUEST_METHOD"], seen["PATH_INFO"]) == ("GET", "/")
+
+
+@pytest.mark.asyncio
+async def test_a_body_buffer_the_server_reuses_is_not_kept() -> None:
+    """``wsgi.input`` keeps what it is fed without copying bytes; a server that hands over a bytearray and reuses it
+    for the next message must not change the body the app reads."""
+    got: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        got.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    adapter = to_asgi(app)
+    buffer = bytearray(b"hello")
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": buffer, "more_body": True},
+        {"type": "http.request", "body": b" world", "more_body": False},
+    ]
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            buffer[:] = b"XXXXX"  # the server reuses its buffer for the next read
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(TIMEOUT)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "query_string": b"",
+        "headers": [(b"content-length", b"11")],
+    }
+    try:
+        await adapter(scope, receive, send)
+    finally:
+        adapter.close()
+    assert sent[0]["status"] == 200
+    assert got == [b"hello world"]
