@@ -377,17 +377,17 @@ def test_read_timeout_raises_oserror(harness):
 
 def test_read_timeout_counts_from_the_last_piece(harness):
     """The body timeout is the time without any new piece of the body, not the time one read takes: a body that
-    keeps trickling in (a piece every 0.1 s, for twice the 0.5 s timeout) completes a read that waits for all of it,
-    even though no single piece wakes the reader."""
-    h = harness(timeout=0.5)
-    reader = h.read_in_thread(lambda s: s.read(10))
+    keeps trickling in (a piece every 0.15 s, for over twice the 1 s timeout) completes a read that waits for all of
+    it, even though no single piece wakes the reader."""
+    h = harness(timeout=1.0)
+    reader = h.read_in_thread(lambda s: s.read(15))
     h.wait_blocked(reader)
-    for i in range(9):
-        h.stream.feed(b"%d" % i)
-        assert not reader.done.wait(0.1), "the read returned before its 10 bytes arrived"
-    h.stream.feed(b"9")
-    assert reader.result() == b"0123456789"
-    assert h.stream.parks < 9, "the reader was woken for pieces that did not complete its read"
+    for i in range(14):
+        h.stream.feed(b"%x" % i)
+        assert not reader.done.wait(0.15), "the read returned before its 15 bytes arrived"
+    h.stream.feed(b"e")
+    assert reader.result() == b"0123456789abcde"
+    assert h.stream.parks < 14, "the reader was woken for pieces that did not complete its read"
 
 
 # -- unit: requests to the loop (100-continue, flow control) ---------------------------------------------------------
