@@ -149,6 +149,7 @@ def supervise(target: str, config: Config) -> int:
             return 1
         except KeyboardInterrupt:
             return 130
+        freeze_heap()  # before the forks: the collector never touches (so never copies) the preloaded app's pages
     bound = bind_sockets(config)
     try:
         return _Supervisor(target, config, bound, app).run()

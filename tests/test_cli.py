@@ -1018,17 +1018,18 @@ def test_the_command_line_tunes_the_allocator_before_it_serves(capsys, allocator
 # -- the collector -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", ["1", "2", "2 --preload"])
 def test_the_app_and_its_modules_are_frozen_out_of_the_collector(procs, workers):
-    """Before serving, the server (each worker, with ``--workers``) collects once and freezes what is alive, so full
-    collections stop walking the app's modules."""
-    proc = procs.start(["tests.apps.cli_targets:gc_app", "--port", "0", "--workers", str(workers)])
+    """Before serving, the server (each worker, with ``--workers``, preloaded or not) collects once and freezes what
+    is alive, so full collections stop walking the app's modules."""
+    proc = procs.start(["tests.apps.cli_targets:gc_app", "--port", "0", "--workers", *workers.split()])
+    workers = workers.split()[0]
     frozen: dict[str, int] = {}
     with httpx.Client(base_url=proc.url, timeout=10) as client:
         for _ in range(40):  # bounded: until both workers have answered (or 40 new connections)
             count, pid = client.get("/", headers={"Connection": "close"}).text.split()
             frozen[pid] = int(count)
-            if len(frozen) == workers:
+            if len(frozen) == int(workers):
                 break
-    assert len(frozen) == workers
+    assert len(frozen) == int(workers)
     assert all(count > 10_000 for count in frozen.values()), frozen
