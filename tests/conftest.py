@@ -5,6 +5,8 @@
   Every server is shut down at the end of the test.
 - ``aserver``: the same on the test's own loop, for ``async`` tests (the embedding path).
 - ``raw``: a factory of raw-socket clients for tests where framing matters (see ``tests/helpers.py``).
+- (autouse) the command line's ``gc.freeze()`` is a no-op in this process: a test that runs ``main()`` in-process
+  must not freeze the test runner's objects (``gc.get_referrers`` stops seeing them). Subprocesses freeze as usual.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ import pytest
 import pytest_asyncio
 
 import asyncwsgi
+import asyncwsgi.runner
+import asyncwsgi.supervisor
 from asyncwsgi.runner import loop_factory
 
 from .helpers import RawClient
+
+
+@pytest.fixture(autouse=True)
+def no_heap_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncwsgi.runner, "freeze_heap", lambda: None)
+    monkeypatch.setattr(asyncwsgi.supervisor, "freeze_heap", lambda: None)
+
 
 #: The loop the ``server`` fixture runs on: uvloop (the production default) unless ASYNCWSGI_TEST_LOOP=asyncio.
 TEST_LOOP = os.environ.get("ASYNCWSGI_TEST_LOOP", "auto")
