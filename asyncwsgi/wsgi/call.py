@@ -165,7 +165,6 @@ class WSGICall:
         "_body_known",
         "_chunked",
         "_content_length",
-        "_ended",
         "_finished",
         "_flow",
         "_has_date",
@@ -213,15 +212,15 @@ class WSGICall:
         self._no_body = head.method == "HEAD"
         self._held: list[bytes] = []
         self._finished = False
-        self._ended = False  # the end of the response was posted before the iterable was exhausted
         self._body_known = False
         self._sent = 0
         self._started = 0.0
         #: set (worker thread) once the response head has been posted; read by the loop for 100-continue.
         self.headers_sent = False
-        #: ``[None]`` when the end of the response was posted before the app's iterable was exhausted and closed:
-        #: the worker and the loop each pop it once, and whichever finds it empty knows the other passed first (the
-        #: worker then posts ``on_call_closed``; the loop starts the connection's next call at once). Else None.
+        #: ``[None]`` once the end of the response was posted before the app's iterable was exhausted and closed
+        #: (later chunks are dropped): the worker and the loop each pop it once, and whichever finds it empty knows
+        #: the other passed first (the worker then posts ``on_call_closed``; the loop starts the connection's next
+        #: call at once). Else None.
         self.open_after_end: list[None] | None = None
 
     # == worker thread ==============================================================================================
@@ -257,11 +256,11 @@ class WSGICall:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-            if not self._ended:
+            if self.open_after_end is None:
                 self._finish()
         except ClientDisconnected as exc:
             error_log.debug("client went away during %s %s: %s", self.head.method, environ.get("RAW_URI"), exc)
-            if not self._ended:
+            if self.open_after_end is None:
                 self._post(conn.on_response_abort, self)
         except BaseException as exc:  # SystemExit from an app is an app error too; the server goes on
             self._fail(exc)
@@ -397,7 +396,7 @@ class WSGICall:
         for chunk in result:
             if type(chunk) is not bytes:
                 raise TypeError(f"the response iterable yielded {type(chunk).__name__}, not bytes")
-            if self._ended:
+            if self.open_after_end is not None:
                 if chunk:
                     self._warn_extra()  # past the declared length, which already went out: dropped
             elif chunk:
@@ -408,8 +407,11 @@ class WSGICall:
                     # run to its end and closed, but nothing it does can touch this response or the connection.
                     self._held.append(chunk)
                     self.open_after_end = [None]  # before the post: the loop must see it with the end
-                    self._finish()
-                    self._ended = True
+                    try:
+                        self._finish()
+                    except BaseException:
+                        self.open_after_end = None  # nothing was posted: the failure is answered as usual
+                        raise
                 else:
                     self._send(chunk)
             elif flow.closed:
@@ -494,7 +496,7 @@ class WSGICall:
             raise ClientDisconnected("client disconnected")
         if self._status is None:
             raise RuntimeError("the application produced body data before calling start_response()")
-        if self._ended:
+        if self.open_after_end is not None:
             self._warn_extra()  # the declared length already went out: this is past it
             return
         cl = self._content_length
@@ -593,7 +595,7 @@ class WSGICall:
             self.head.target.decode("latin-1"),
             exc_info=exc,
         )
-        if self._ended:
+        if self.open_after_end is not None:
             return  # the whole response went out already; the connection may be serving the next request
         if self.headers_sent:
             self._post(self.conn.on_response_abort, self)
