@@ -376,7 +376,7 @@ class _Exchange:
     def on_sendfile(self, msg: Any) -> None:  # never called: can_sendfile is False
         raise NotImplementedError
 
-    def on_call_closed(self, call: WSGICall) -> None:  # never called: one call per exchange, nothing waits on it
+    def on_call_closed(self, token: list[None]) -> None:  # never called: one call per exchange, nothing waits on it
         pass
 
     async def deliver(self, send: Send) -> None:

@@ -101,9 +101,10 @@ class HTTPConnection(asyncio.Protocol):
         self._current: WSGICall | None = None
         self._parsing: WSGICall | None = None
         self._pipeline: list[WSGICall] = _NO_PIPELINE  # a list of its own once a request waits behind another
-        #: the last call, if its response ended before its iterable was closed (``WSGICall.open_after_end``): the
-        #: next call waits until the worker is done with it; ``_after_end_asked`` once the loop is waiting for that
-        self._after_end: WSGICall | None = None
+        #: the last call's ``open_after_end`` token, if its response ended before its iterable was closed: the next
+        #: call waits until the worker is done with it; ``_after_end_asked`` once the loop is waiting for that. The
+        #: token, not the call: an idle keep-alive connection must not keep its last request's objects alive.
+        self._after_end: list[None] | None = None
         self._after_end_asked = False
         self._pending_error: ProtocolError | None = None
         self._read_paused = False
@@ -396,8 +397,9 @@ class HTTPConnection(asyncio.Protocol):
         else:
             transport.writelines(payload)
         self._current = None
-        if call.open_after_end is not None:
-            self._after_end = call
+        token = call.open_after_end
+        if token:  # the worker is still closing the iterable (an empty token: it is done, nothing to wait for)
+            self._after_end = token
             self._after_end_asked = False
         server = self._server
         server.in_flight -= 1  # server.request_done(), inline
@@ -442,9 +444,8 @@ class HTTPConnection(asyncio.Protocol):
         if not, it posts ``on_call_closed`` when it is."""
         if self._after_end_asked:
             return False
-        call = self._after_end
-        assert call is not None and call.open_after_end is not None
-        token = call.open_after_end
+        token = self._after_end
+        assert token is not None
         if token:
             try:
                 token.pop()
@@ -455,9 +456,10 @@ class HTTPConnection(asyncio.Protocol):
         self._after_end = None
         return True
 
-    def on_call_closed(self, call: WSGICall) -> None:
-        """The worker closed the iterable of the call the next one waits for: start that one."""
-        if self._after_end is not call:
+    def on_call_closed(self, token: list[None]) -> None:
+        """The worker closed the iterable of the call the next one waits for (``token`` is its ``open_after_end``):
+        start that one."""
+        if self._after_end is not token:
             return
         self._after_end = None
         self._after_end_asked = False

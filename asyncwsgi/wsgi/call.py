@@ -69,7 +69,7 @@ class ResponseTarget(Protocol):
     def on_response_end(self, msg: Any) -> None: ...
     def on_response_abort(self, call: Any) -> None: ...
     def on_sendfile(self, msg: Any) -> None: ...
-    def on_call_closed(self, call: Any) -> None: ...
+    def on_call_closed(self, token: list[None]) -> None: ...
 
 
 __all__ = ["WSGICall"]
@@ -219,8 +219,8 @@ class WSGICall:
         self.headers_sent = False
         #: ``[None]`` once the end of the response was posted before the app's iterable was exhausted and closed
         #: (later chunks are dropped): the worker and the loop each pop it once, and whichever finds it empty knows
-        #: the other passed first (the worker then posts ``on_call_closed``; the loop starts the connection's next
-        #: call at once). Else None.
+        #: the other passed first (the worker then posts ``on_call_closed`` with it; the loop starts the connection's
+        #: next call at once). Else None.
         self.open_after_end: list[None] | None = None
 
     # == worker thread ==============================================================================================
@@ -281,7 +281,7 @@ class WSGICall:
                 return  # first: the loop will find the token gone when it looks
             except IndexError:
                 pass
-        self._post(self.conn.on_call_closed, self)  # the loop looked first and waits for this
+        self._post(self.conn.on_call_closed, token)  # the loop looked first and waits for this
 
     # -- start_response / write --------------------------------------------------------------------------------------
 

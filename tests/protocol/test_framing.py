@@ -7,6 +7,7 @@ timeout, and request bodies the app leaves unread.
 from __future__ import annotations
 
 import email.utils
+import gc
 import re
 import select
 import socket
@@ -19,9 +20,10 @@ from wsgiref.validate import validator
 import pytest
 
 from asyncwsgi.protocol import writer
+from asyncwsgi.wsgi.call import WSGICall
 
 from ..apps.basic import echo, hello
-from ..helpers import RawClient
+from ..helpers import RawClient, wait_until
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 IMF_FIXDATE = re.compile(
@@ -198,6 +200,37 @@ def test_next_request_waits_for_the_previous_iterable_to_close(server, raw, when
         release.set()
     assert client.read_response().body == b"/second"
     assert events == ["enter /first", "closed /first", "enter /second", "closed /second"]
+
+
+def test_idle_connections_keep_nothing_of_a_response_that_ended_early(server, raw):
+    """Keep-alive connections left idle after a one-chunk response (sent before its iterable was closed) hold no
+    part of that request: thousands of idle connections must stay small."""
+    closed = threading.Semaphore(0)
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield b"done"
+        finally:
+            closed.release()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return body()
+
+    handle = server(app)
+    clients = [raw(handle) for _ in range(3)]
+    for client in clients:
+        client.send(get("/"))
+        assert client.read_response().body == b"done"
+    for _ in clients:
+        assert closed.acquire(timeout=5.0)
+
+    def calls_alive() -> list[WSGICall]:
+        return [o for o in gc.get_objects() if type(o) is WSGICall and o.conn._server is handle.server]
+
+    assert wait_until(lambda: not calls_alive()), f"{len(calls_alive())} calls kept by idle connections"
+    clients[0].send(get("/again"))  # and the connection is still usable
+    assert clients[0].read_response().body == b"done"
 
 
 def test_long_pipeline_answered_in_order(server, raw):
