@@ -48,19 +48,18 @@ _SPECIAL = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"
 
 
 def _header_key(name: bytes) -> str:
-    key = _KEY_CACHE.get(name)
-    if key is None:
-        lname = name.lower()
-        if lname in _SPECIAL:
-            key = _SPECIAL[lname]
-        elif b"_" in name:
-            # "X_Forwarded_For" would map to the same key as "X-Forwarded-For": a spoofing vector behind proxies
-            # that only filter the dash spelling. Drop such headers, as gunicorn does.
-            key = ""
-        else:
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
-            _KEY_CACHE[name] = key
+    """The environ key of a header name not in ``_KEY_CACHE`` (the caller looked), cached while there is room."""
+    lname = name.lower()
+    if lname in _SPECIAL:
+        key = _SPECIAL[lname]
+    elif b"_" in name:
+        # "X_Forwarded_For" would map to the same key as "X-Forwarded-For": a spoofing vector behind proxies
+        # that only filter the dash spelling. Drop such headers, as gunicorn does.
+        key = ""
+    else:
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+        _KEY_CACHE[name] = key
     return key
 
 
