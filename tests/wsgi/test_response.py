@@ -608,27 +608,29 @@ def test_failure_after_the_declared_body_leaves_response_and_connection_whole(se
 
 def test_pipelined_requests_stay_in_order_when_bodies_end_early(server, raw):
     """Each response ends with the chunk that completes its Content-Length, while its iterable is still running;
-    pipelined requests on the connection are answered in order, each whole."""
-    gate = threading.Event()
+    pipelined requests on the connection are answered in order, each whole, and each starts only once the one
+    before it closed its iterable (tests/protocol/test_framing.py holds a close() open to check that part)."""
+    events: list[str] = []
 
     def app(environ, start_response):
-        body = environ["PATH_INFO"].encode()
+        path = environ["PATH_INFO"]
+        events.append(f"call {path}")
+        body = path.encode()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
 
         def chunks():
-            yield body
-            if body == b"/0":
-                gate.wait(WAIT)  # the first iterable outlives its response: the next request must not wait for it
+            try:
+                yield body
+            finally:
+                events.append(f"closed {path}")
 
         return chunks()
 
     client = raw(server(validator(app)))
     client.send(b"".join(request_bytes("GET", f"/{i}") for i in range(4)))
-    try:
-        for i in range(4):
-            assert client.read_response().body == f"/{i}".encode()
-    finally:
-        gate.set()
+    for i in range(4):
+        assert client.read_response().body == f"/{i}".encode()
+    assert events[:7] == [e for i in range(4) for e in (f"call /{i}", f"closed /{i}")][:7]
 
 
 # -- close() ---------------------------------------------------------------------------------------------------------
