@@ -18,16 +18,26 @@ context switches per request. Held until the loop is done with the iteration's r
 can take the GIL at once and run them back to back. Below that load a job is handed over at once, which is what an
 app that mostly waits (on I/O, ``sleep``) wants: its latency, not the CPU, is then what counts.
 
-Jobs wait in a FIFO queue whose depth is readable (``queued``); when the pool is at ``max_threads`` and jobs wait, a
-rate-limited warning says so, so a starved pool is never silent.
+Hand-over. Jobs wait in a FIFO queue. A thread with nothing to do parks on a lock of its own, on a stack of idle
+threads. A job wakes the thread on top of that stack (idle the shortest time: its stack is still in the CPU's caches,
+and threads below it are left to time out when the pool is larger than the load), but only while no other woken thread
+is on its way to the queue: that one, once it has taken its job, wakes the next if jobs remain, and so on. The loop
+thus wakes at most one thread per burst of jobs, and each further thread is woken by a worker about to run Python
+code of its own (the app), not by the loop in the middle of its iteration: a thread woken by the loop preempts it on
+a busy CPU only to find the GIL taken, two context switches for nothing. A thread that finishes its job takes the
+next queued one before it parks. (``queue.SimpleQueue``, which all idle threads would wait on together, relays the
+same way but wakes one thread more each time the queue empties, which takes the GIL only to wait again.)
+
+The depth of the queue is readable (``queued``); when the pool is at ``max_threads`` and jobs wait, a rate-limited
+warning says so, so a starved pool is never silent.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +55,18 @@ GROW_INTERVAL = 0.01
 CPU_SATURATED = 0.85
 #: Seconds between samples of the CPU use that turns batching on or off.
 SAMPLE_INTERVAL = 0.1
+
+
+class _Parked:
+    """An idle worker thread: it waits to acquire ``lock``, which it holds; whoever takes it off the idle stack
+    releases the lock (after setting ``stop`` to make it stop rather than look at the queue)."""
+
+    __slots__ = ("lock", "stop")
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.lock = threading.Lock()
+        self.lock.acquire()
 
 
 def _saturated(cpu0: float, wall0: float, cpu: float, wall: float) -> bool:
@@ -77,15 +99,19 @@ class ThreadPool:
         self._wall_mark = 0.0
         self._idle_timeout = idle_timeout or None
         self._name = name
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        # Threads waiting for a job (or about to), and threads started that have not begun waiting yet, as the
-        # lengths of two lists: a job that finds the queue no longer than both together will be taken without a new
-        # thread. A thread counts itself out when it takes a job, whoever it was meant for. list.append/pop/len are
-        # single C calls under the GIL, so the per-job path takes no lock: a lock shared by the loop and hundreds
-        # of workers makes the loop block on it whenever a worker holding it loses the GIL, and then wait again for
-        # the GIL, behind those workers. ``_lock`` guards only starting and stopping threads.
-        self._idle: list[None] = []
+        self._queue: deque[Job] = deque()
+        # Parked threads (a stack: the last parked is woken first), and threads started that have not yet looked at
+        # the queue, as a list whose length counts them: a job that finds the queue no longer than the starting
+        # threads will be taken without a new thread. list.append/pop/len and deque.append/popleft are single C
+        # calls under the GIL, so the per-job path takes no lock: a lock shared by the loop and hundreds of workers
+        # makes the loop block on it whenever a worker holding it loses the GIL, and then wait again for the GIL,
+        # behind those workers. ``_lock`` guards only starting and stopping threads.
+        self._idle: list[_Parked] = []
         self._starting: list[None] = []
+        # A thread was woken to take a job and has not yet taken one: no other is woken meanwhile (see Hand-over).
+        # Read and written by the loop and the workers without a lock: a race wakes one thread too many, never none
+        # too few (a woken thread clears it before it looks at the queue, the loop sets jobs before it looks at it).
+        self._waking = False
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._counter = 0
@@ -108,7 +134,7 @@ class ThreadPool:
     @property
     def queued(self) -> int:
         """Jobs waiting for a thread."""
-        return self._queue.qsize() + len(self._held)
+        return len(self._queue) + len(self._held)
 
     # -- event-loop thread -------------------------------------------------------------------------------------------
 
@@ -141,15 +167,24 @@ class ThreadPool:
             self._hand_over(held)
 
     def _unserved(self) -> int:
-        """Jobs queued beyond what idle and starting threads will take (held jobs count: they will be queued)."""
-        return self._queue.qsize() + len(self._held) - len(self._idle) - len(self._starting)
+        """Jobs queued beyond what idle, woken and starting threads will take (held jobs count: they will be queued)."""
+        return len(self._queue) + len(self._held) - len(self._idle) - self._waking - len(self._starting)
+
+    def _wake_one(self) -> None:
+        """Wake the most recently parked thread to take a job from the queue (any thread, under the GIL)."""
+        try:
+            parked = self._idle.pop()
+        except IndexError:  # none parked, or the last one timed out and took itself off since we looked
+            return
+        self._waking = True
+        parked.lock.release()
 
     def _hand_over(self, jobs: list[Job] | tuple[Job, ...]) -> None:
         queue_ = self._queue
-        put = queue_.put
-        for job in jobs:
-            put(job)
-        waiting = queue_.qsize() - len(self._idle) - len(self._starting)
+        queue_.extend(jobs)
+        if not self._waking and self._idle:
+            self._wake_one()
+        waiting = len(queue_) - len(self._idle) - self._waking - len(self._starting)
         if waiting <= 0:
             return
         if len(self._threads) < self._eager:
@@ -190,7 +225,7 @@ class ThreadPool:
                     "could not start a worker thread (%s); %d thread(s) serve the %d request(s) waiting",
                     exc,
                     len(self._threads),
-                    self._queue.qsize() + len(self._held),
+                    len(self._queue) + len(self._held),
                 )
             return False
         return True
@@ -224,45 +259,68 @@ class ThreadPool:
     def shutdown(self) -> None:
         """Stop idle threads now and busy ones once their job returns. Does not wait: a hung app keeps its thread."""
         self._shutdown = True
-        with self._lock:
-            n = len(self._threads)
-        for _ in range(n):
-            self._queue.put(None)
+        idle = self._idle
+        while idle:
+            try:
+                parked = idle.pop()
+            except IndexError:
+                break
+            parked.stop = True
+            parked.lock.release()
+        # Busy threads run what is queued, then see _shutdown and stop instead of parking.
 
     # -- worker threads ----------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
         queue_ = self._queue
-        get = queue_.get
+        take = queue_.popleft
         idle = self._idle
-        idle_in, idle_out = idle.append, idle.pop
-        me = threading.current_thread()
+        me = _Parked()
+        acquire = me.lock.acquire
+        timeout = -1 if self._idle_timeout is None else self._idle_timeout
+        current = threading.current_thread()
         self._starting.pop()
-        idle_in(None)
         try:
             while True:
                 try:
-                    job = get(timeout=self._idle_timeout)
-                except queue.Empty:
-                    # Count ourselves out, then look: a submit that counted on us had queued its job before it
-                    # looked, so we see that job and stay; one that looks later sees us gone and starts a thread.
-                    with self._lock:
-                        idle_out()
-                        if queue_.qsize():
-                            idle_in(None)
-                            continue
-                        self._threads.discard(me)
+                    job = take()
+                except IndexError:
+                    if self._shutdown:
                         return
-                idle_out()
-                if job is None:
-                    return
+                    idle.append(me)
+                    # A job queued after we looked but before we were on the stack woke no thread if one was on its
+                    # way (it took another job, then found no one to wake): look again, and take ourselves off the
+                    # stack to run it. If someone took us off first, our lock is released for us: wait for it.
+                    if (queue_ or self._shutdown) and self._unpark(me):
+                        continue
+                    if not acquire(True, timeout):
+                        with self._lock:
+                            if self._unpark(me):
+                                if queue_:  # queued while we stopped waiting, for no woken thread: ours
+                                    continue
+                                self._threads.discard(current)
+                                return
+                        acquire()  # taken off the stack just now: the release is on its way
+                    self._waking = False
+                    if me.stop:
+                        return
+                    continue  # to the queue (a finishing thread may have taken the job: then we park again)
+                if queue_ and not self._waking:
+                    self._wake_one()  # the next thread, for the next job
                 fn, arg = job
                 try:
                     fn(arg)
                 except BaseException:  # the job reports its own errors; this is the last line of defence
                     logger.exception("unhandled error in worker thread")
                 del job, fn, arg
-                idle_in(None)
         finally:
             with self._lock:
-                self._threads.discard(me)
+                self._threads.discard(current)
+
+    def _unpark(self, me: _Parked) -> bool:
+        """Take ``me`` off the idle stack; False if someone else already did (and so gives it a job)."""
+        try:
+            self._idle.remove(me)
+        except ValueError:
+            return False
+        return True

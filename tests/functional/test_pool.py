@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from typing import Any
@@ -259,6 +260,114 @@ def test_a_thread_the_system_refuses_leaves_the_jobs_to_the_threads_there_are(ma
     refusals = [r for r in caplog.records if "could not start a worker thread" in r.getMessage()]
     assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
     assert pool._starting == []
+
+
+def _park_in_order(pool: ThreadPool, n: int) -> list[str]:
+    """Run ``n`` jobs at once on ``n`` new threads, then let them end one by one, each thread parked before the next
+    job ends. Returns the threads' names in the order they parked."""
+    gates = [threading.Event() for _ in range(n)]
+    started = threading.Semaphore(0)
+    names: list[str] = [""] * n
+
+    def job(i: int) -> None:
+        names[i] = threading.current_thread().name
+        started.release()
+        gates[i].wait(10)
+
+    for i in range(n):
+        pool.submit(job, i)
+    for _ in range(n):
+        assert started.acquire(timeout=5.0), "a job did not start"
+    for i in range(n):
+        gates[i].set()
+        assert wait_until(lambda i=i: len(pool._idle) == i + 1), f"thread {i} did not park"
+    return names
+
+
+def _run_one(pool: ThreadPool) -> str:
+    """Submit a job and return the name of the thread that ran it."""
+    ran_on: list[str] = []
+    done = threading.Event()
+
+    def job(_: object) -> None:
+        ran_on.append(threading.current_thread().name)
+        done.set()
+
+    pool.submit(job, None)
+    assert done.wait(5.0), "the job did not run"
+    return ran_on[0]
+
+
+def test_a_job_goes_to_the_thread_idle_the_shortest_time(make_pool):
+    pool = make_pool(3)
+    parked = _park_in_order(pool, 3)
+    assert _run_one(pool) == parked[-1]
+    assert wait_until(lambda: len(pool._idle) == 3)
+    assert _run_one(pool) == parked[-1]  # it parked again, on top
+
+
+def test_threads_beyond_a_steady_load_stop_while_jobs_keep_coming(make_pool):
+    """A load that needs one thread at a time keeps only one alive: the same thread takes every job, and the others
+    reach their idle timeout. (Handed to the thread idle the longest, jobs went round all four, none ever idle for
+    long enough, and the pool kept paying for threads it did not need.)"""
+    pool = make_pool(4, idle_timeout=0.3)
+    _park_in_order(pool, 4)
+    deadline = time.monotonic() + 5.0
+    for _ in range(200):  # bounded: 200 jobs, 25 ms apart, or 5 s
+        if pool.threads == 1 or time.monotonic() > deadline:
+            break
+        _run_one(pool)
+        assert wait_until(lambda: len(pool._idle) == pool.threads), "the thread did not park again"
+        threading.Event().wait(0.025)  # the pace of the load, not a synchronisation
+    assert pool.threads == 1, f"{pool.threads} threads still alive under a one-thread load"
+
+
+def test_a_burst_of_jobs_wakes_one_thread_from_the_submitter_and_each_woken_thread_wakes_the_next(
+    make_pool, monkeypatch
+):
+    """The loop wakes at most one parked thread per burst; each woken thread, once it has its job, wakes the next
+    while jobs remain. Exactly one wake per job that needed a parked thread: none wasted on an empty queue."""
+    pool = make_pool(8)
+    _park_in_order(pool, 8)
+    wakes: list[str] = []
+    real_wake = pool._wake_one
+
+    def wake() -> None:
+        wakes.append(threading.current_thread().name)
+        real_wake()
+
+    monkeypatch.setattr(pool, "_wake_one", wake)
+    jobs = Jobs()
+    for i in range(8):
+        pool.submit(jobs.blocking, i)
+    submitter = threading.current_thread().name
+    assert wakes == [submitter], "the submitter woke more than one thread for one burst"
+    assert jobs.wait(lambda: jobs.running == 8), f"only {jobs.running} of 8 jobs started"
+    assert wakes.count(submitter) == 1
+    assert len(wakes) == 8, wakes  # 1 by the submitter, 7 by woken threads, none for an empty queue
+    assert pool.threads == 8
+    jobs.release.set()
+    assert jobs.wait(lambda: jobs.done == 8)
+
+
+def test_jobs_submitted_in_bursts_while_threads_park_all_run(make_pool):
+    """Bursts of short jobs, so that jobs keep arriving while threads are on their way to park (the window where a
+    job finds no parked thread but a thread is about to park): every job runs."""
+    pool = make_pool(4)
+    done = threading.Semaphore(0)
+    total = 0
+    for burst in range(300):  # bounded
+        n = 1 + burst % 7
+        for _ in range(n):
+            pool.submit(lambda sem: sem.release(), done)
+        total += n
+        if burst % 3 == 0:
+            for _ in range(n):
+                assert done.acquire(timeout=5.0), f"a job never ran ({pool.threads} threads, {pool.queued} queued)"
+            total -= n
+    for _ in range(total):
+        assert done.acquire(timeout=5.0), f"a job never ran ({pool.threads} threads, {pool.queued} queued)"
+    assert pool.threads <= 4
 
 
 # -- functional: through the server ---------------------------------------------------------------------------------
