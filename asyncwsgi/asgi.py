@@ -64,17 +64,20 @@ def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) 
     return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
 
 
-def _running_loop() -> tuple[object, Callable[[Callable[[], object]], object]]:
-    """The running event loop (asyncio's loop or trio's token) and its way to run a callable on its thread, from
-    another thread."""
+_Soon = Callable[[Callable[[], object]], object]
+
+
+def _running_loop() -> tuple[object, _Soon, _Soon]:
+    """The running event loop (asyncio's loop or trio's token), its way to run a callable on its thread from another
+    thread, and from its own thread."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: trio
         import trio
 
         token = trio.lowlevel.current_trio_token()
-        return token, token.run_sync_soon
-    return loop, loop.call_soon_threadsafe
+        return token, token.run_sync_soon, token.run_sync_soon
+    return loop, loop.call_soon_threadsafe, loop.call_soon
 
 
 class WSGIToASGI:
@@ -105,11 +108,11 @@ class WSGIToASGI:
 
     def loop_side(self) -> tuple[object, LoopChannel]:
         """The running loop (an asyncio loop, or trio's token) and the channel its workers post through."""
-        owner, call_soon_threadsafe = _running_loop()
+        owner, call_soon_threadsafe, call_soon = _running_loop()
         entry = self._channels.get(id(owner))
         if entry is not None and entry[0] is owner:
             return entry
-        channel = LoopChannel(call_soon_threadsafe)
+        channel = LoopChannel(call_soon_threadsafe, call_soon)
         if len(self._channels) >= 16:
             self._channels.clear()
         self._channels[id(owner)] = entry = (owner, channel)

@@ -118,7 +118,7 @@ class Server:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.channel = LoopChannel(loop.call_soon_threadsafe)
+        self.channel = LoopChannel(loop.call_soon_threadsafe, loop.call_soon)
         self._pool = ThreadPool(
             self.config.threads,
             self.config.thread_idle_timeout,

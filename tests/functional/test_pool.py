@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from asyncwsgi.wsgi import pool as pool_module
+from asyncwsgi.wsgi.bridge import DRAIN_BATCH
 from asyncwsgi.wsgi.pool import ThreadPool
 
 from ..apps.streaming import Gate
@@ -429,3 +430,25 @@ def test_a_hung_app_holds_one_thread_while_requests_flow_through_the_other(serve
         gate.unhang.set()
     resp = hung.read_response()
     assert (resp.status, resp.body) == (200, b"/hang done")
+
+
+def test_a_burst_of_responses_longer_than_a_drain_is_answered_on_every_connection(server, raw):
+    """Forty calls end at once: their responses reach the loop in one burst, which it drains in batches across loop
+    iterations (``bridge.DRAIN_BATCH``). Every connection gets its own response, and stays usable."""
+    n = 40
+    assert n > 2 * DRAIN_BATCH
+    gate = Gate()
+    h = server(gate.app, threads=n)
+    clients = [raw(h) for _ in range(n)]
+    for i, c in enumerate(clients):
+        c.send(_get(f"/block?{i}"))
+    assert gate.wait_entered(n), f"only {gate.entered} of {n} calls started"
+    gate.release.set()
+    for c in clients:
+        r = c.read_response()
+        assert (r.status, r.body) == (200, b"/block done")
+    for i, c in enumerate(clients):  # the connections' state is sound: a second request on each
+        c.send(_get(f"/after/{i}"))
+    for i, c in enumerate(clients):
+        r = c.read_response()
+        assert (r.status, r.body) == (200, f"/after/{i} done".encode())
