@@ -296,10 +296,14 @@ class ThreadPool:
                     if not acquire(True, timeout):
                         with self._lock:
                             if self._unpark(me):
-                                if queue_:  # queued while we stopped waiting, for no woken thread: ours
-                                    continue
+                                # Out of the count first, then look: a job queued before we looked is ours; one
+                                # queued after finds us gone from the count and starts a thread (submit reads the
+                                # count without the lock, so counting ourselves out last left a job stranded).
                                 self._threads.discard(current)
-                                return
+                                if not queue_:
+                                    return
+                                self._threads.add(current)
+                                continue
                         acquire()  # taken off the stack just now: the release is on its way
                     self._waking = False
                     if me.stop:

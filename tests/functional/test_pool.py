@@ -5,8 +5,10 @@ a thread that is stopping), then through the server with ``threads=2`` (a queued
 
 from __future__ import annotations
 
+import inspect
 import logging
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -339,8 +341,13 @@ def test_a_burst_of_jobs_wakes_one_thread_from_the_submitter_and_each_woken_thre
 
     monkeypatch.setattr(pool, "_wake_one", wake)
     jobs = Jobs()
-    for i in range(8):
-        pool.submit(jobs.blocking, i)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100)  # the 8 submits are one burst: no woken thread takes the GIL in between
+    try:
+        for i in range(8):
+            pool.submit(jobs.blocking, i)
+    finally:
+        sys.setswitchinterval(interval)
     submitter = threading.current_thread().name
     assert wakes == [submitter], "the submitter woke more than one thread for one burst"
     assert jobs.wait(lambda: jobs.running == 8), f"only {jobs.running} of 8 jobs started"
@@ -349,6 +356,74 @@ def test_a_burst_of_jobs_wakes_one_thread_from_the_submitter_and_each_woken_thre
     assert pool.threads == 8
     jobs.release.set()
     assert jobs.wait(lambda: jobs.done == 8)
+
+
+class _HoldWorker:
+    """Holds the pool's next new worker thread just before it runs a given line of ``ThreadPool._work`` (the first
+    time it gets there) until ``go`` is set: a window a few bytecodes wide, opened on purpose."""
+
+    def __init__(self, text: str) -> None:
+        lines, start = inspect.getsourcelines(ThreadPool._work)
+        hits = [start + i for i, line in enumerate(lines) if text in line]
+        assert hits, f"no line of ThreadPool._work contains {text!r}"
+        self.lineno = hits[0]
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def _global(self, frame: Any, event: str, arg: Any) -> Any:
+        return self._local if frame.f_code is ThreadPool._work.__code__ else None
+
+    def _local(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == self.lineno and not self.reached.is_set():
+            self.reached.set()
+            self.go.wait(10)
+        return self._local
+
+    def start_thread(self, pool: ThreadPool, job: Callable[[Any], object], arg: Any) -> None:
+        """Submit ``job``: the thread it starts is the one traced."""
+        threading.settrace(self._global)
+        try:
+            pool.submit(job, arg)
+        finally:
+            threading.settrace(None)  # type: ignore[arg-type]
+
+
+def test_a_job_queued_while_the_only_thread_is_about_to_park_runs():
+    """The thread found the queue empty and is about to put itself on the idle stack; a job queued now finds no
+    idle thread to wake and, the pool being full, starts none. The thread must see it before it waits."""
+    pool = ThreadPool(1, name=f"test-pool-{next(_names)}")
+    hold = _HoldWorker("idle.append(me)")
+    first, second = threading.Event(), threading.Event()
+    try:
+        hold.start_thread(pool, lambda ev: ev.set(), first)
+        assert first.wait(5.0)
+        assert hold.reached.wait(5.0), "the worker did not come back for another job"
+        pool.submit(lambda ev: ev.set(), second)
+        hold.go.set()
+        assert second.wait(5.0), f"the job was stranded: {pool.queued} queued, {len(pool._idle)} parked"
+    finally:
+        hold.go.set()
+        pool.shutdown()
+    assert wait_until(lambda: pool.threads == 0)
+
+
+def test_a_job_queued_while_the_only_thread_stops_after_its_idle_timeout_runs():
+    """The thread timed out and is leaving; a job queued at that moment must be run by it or by a new thread (it
+    was stranded when the thread looked at the queue before it counted itself out: submit still counted it, and
+    started none)."""
+    pool = ThreadPool(1, 0.05, name=f"test-pool-{next(_names)}")
+    hold = _HoldWorker("self._threads.discard(current)")
+    first, second = threading.Event(), threading.Event()
+    try:
+        hold.start_thread(pool, lambda ev: ev.set(), first)
+        assert first.wait(5.0)
+        assert hold.reached.wait(5.0), "the worker did not time out"
+        pool.submit(lambda ev: ev.set(), second)
+        hold.go.set()
+        assert second.wait(5.0), f"the job was stranded: {pool.threads} thread(s), {pool.queued} queued"
+    finally:
+        hold.go.set()
+        pool.shutdown()
 
 
 def test_jobs_submitted_in_bursts_while_threads_park_all_run(make_pool):
