@@ -50,7 +50,8 @@ class LoopChannel:
         self._call_soon_threadsafe = call_soon_threadsafe
         self._call_soon = call_soon_threadsafe if call_soon is None else call_soon
         self._items: deque[tuple[Callable[[Any], object], Any]] = deque()
-        self._scheduled = False
+        self._scheduled = False  # a drain is scheduled through call_soon_threadsafe (workers and loop)
+        self._continuing = False  # the rest of a burst is scheduled through call_soon (loop thread only)
         self._after: list[Callable[[], object]] = []
 
     # -- worker threads ----------------------------------------------------------------------------------------------
@@ -70,6 +71,13 @@ class LoopChannel:
     def _drain(self) -> None:
         # Clear the flag before popping: a post racing with us either lands in this drain or schedules the next.
         self._scheduled = False
+        self._run_batch()
+
+    def _continue(self) -> None:
+        self._continuing = False
+        self._run_batch()
+
+    def _run_batch(self) -> None:
         items = self._items
         n = len(items)
         for _ in range(n if n <= DRAIN_BATCH else DRAIN_BATCH):
@@ -86,9 +94,12 @@ class LoopChannel:
                     callback()
                 except Exception:
                     logger.exception("error in the event loop after handling workers' messages")
-        if items and not self._scheduled:  # the rest in the loop's next iteration (a racing post may schedule twice)
-            self._scheduled = True
-            self._call_soon(self._drain)
+        # The rest in the loop's next iteration, unless a drain is already on its way. One continuation at most:
+        # a post racing with this check may add a drain of its own, never a second chain of them. The continuation
+        # leaves _scheduled alone, so a post while it is pending still tries the loop (and learns it if it closed).
+        if items and not self._scheduled and not self._continuing:
+            self._continuing = True
+            self._call_soon(self._continue)
 
     def after_drain(self, callback: Callable[[], object]) -> None:
         """Loop thread, during a drain: run ``callback`` once this drain's messages are handled (to coalesce

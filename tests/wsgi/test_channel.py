@@ -99,3 +99,51 @@ def test_without_call_soon_the_rest_is_scheduled_with_call_soon_threadsafe() -> 
     calls.pop()()
     assert seen == list(range(DRAIN_BATCH + 1))
     assert calls == []
+
+
+def test_at_most_one_continuation_is_pending_whatever_the_posts() -> None:
+    """Posts keep coming while a long backlog drains: each drain leaves at most one continuation behind, so the
+    backlog still goes DRAIN_BATCH (or, with a post's own drain, twice that) per loop iteration, never more."""
+    r = Recorder()
+    for i in range(5 * DRAIN_BATCH):
+        r.channel.post(r.handle, i)
+    posted = 5 * DRAIN_BATCH
+    for step in range(50):  # bounded
+        if not (r.threadsafe or r.soon):
+            break
+        assert len(r.soon) <= 1 and len(r.threadsafe) <= 1, (len(r.soon), len(r.threadsafe))
+        due = r.soon + r.threadsafe if step % 2 else r.threadsafe + r.soon  # one loop iteration, either order
+        r.soon.clear()
+        r.threadsafe.clear()
+        before = len(r.seen)
+        for callback in due:
+            callback()
+        assert len(r.seen) - before <= len(due) * DRAIN_BATCH
+        if posted < 8 * DRAIN_BATCH:
+            r.channel.post(r.handle, posted)  # a worker posts during every iteration
+            posted += 1
+    assert r.seen == list(range(posted))
+    assert r.soon == [] and r.threadsafe == []
+
+
+def test_posts_after_the_loop_closed_are_dropped_even_with_a_continuation_pending() -> None:
+    """The loop stopped with the rest of a burst scheduled; it never runs. A later post must not keep its message
+    (and the backlog) forever: it tries the loop, which refuses, and the channel lets go of what it held."""
+    closed = False
+    threadsafe: list[Callable[[], object]] = []
+    soon: list[Callable[[], object]] = []
+
+    def call_soon_threadsafe(callback: Callable[[], object]) -> None:
+        if closed:
+            raise RuntimeError("Event loop is closed")
+        threadsafe.append(callback)
+
+    channel = LoopChannel(call_soon_threadsafe, soon.append)
+    seen: list[int] = []
+    for i in range(DRAIN_BATCH + 5):
+        channel.post(seen.append, i)
+    threadsafe.pop()()
+    assert len(soon) == 1  # the rest of the burst, pending
+    closed = True  # ... and the loop closes without running it
+    channel.post(seen.append, 1000)
+    assert len(channel._items) == 0, "messages kept after the loop closed"
