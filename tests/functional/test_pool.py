@@ -388,42 +388,32 @@ class _HoldWorker:
             threading.settrace(None)  # type: ignore[arg-type]
 
 
-def test_a_job_queued_while_the_only_thread_is_about_to_park_runs():
-    """The thread found the queue empty and is about to put itself on the idle stack; a job queued now finds no
-    idle thread to wake and, the pool being full, starts none. The thread must see it before it waits."""
-    pool = ThreadPool(1, name=f"test-pool-{next(_names)}")
-    hold = _HoldWorker("idle.append(me)")
+@pytest.mark.parametrize(
+    ("line", "idle_timeout"),
+    [
+        # The thread found the queue empty and is about to put itself on the idle stack: a job queued now finds no
+        # idle thread to wake and, the pool being full, starts none. The thread must see it before it waits.
+        pytest.param("idle.append(me)", 60.0, id="about-to-park"),
+        # The thread timed out and is leaving: the job must be run by it or by a new thread. (It was stranded when
+        # the thread looked at the queue before it counted itself out: submit still counted it, and started none.)
+        pytest.param("self._threads.discard(current)", 0.05, id="leaving-after-idle-timeout"),
+    ],
+)
+def test_a_job_queued_while_the_only_thread_is_between_two_steps_runs(line: str, idle_timeout: float) -> None:
+    pool = ThreadPool(1, idle_timeout, name=f"test-pool-{next(_names)}")
+    hold = _HoldWorker(line)
     first, second = threading.Event(), threading.Event()
     try:
         hold.start_thread(pool, lambda ev: ev.set(), first)
         assert first.wait(5.0)
-        assert hold.reached.wait(5.0), "the worker did not come back for another job"
-        pool.submit(lambda ev: ev.set(), second)
-        hold.go.set()
-        assert second.wait(5.0), f"the job was stranded: {pool.queued} queued, {len(pool._idle)} parked"
-    finally:
-        hold.go.set()
-        pool.shutdown()
-    assert wait_until(lambda: pool.threads == 0)
-
-
-def test_a_job_queued_while_the_only_thread_stops_after_its_idle_timeout_runs():
-    """The thread timed out and is leaving; a job queued at that moment must be run by it or by a new thread (it
-    was stranded when the thread looked at the queue before it counted itself out: submit still counted it, and
-    started none)."""
-    pool = ThreadPool(1, 0.05, name=f"test-pool-{next(_names)}")
-    hold = _HoldWorker("self._threads.discard(current)")
-    first, second = threading.Event(), threading.Event()
-    try:
-        hold.start_thread(pool, lambda ev: ev.set(), first)
-        assert first.wait(5.0)
-        assert hold.reached.wait(5.0), "the worker did not time out"
+        assert hold.reached.wait(5.0), f"the worker never reached {line!r}"
         pool.submit(lambda ev: ev.set(), second)
         hold.go.set()
         assert second.wait(5.0), f"the job was stranded: {pool.threads} thread(s), {pool.queued} queued"
     finally:
         hold.go.set()
         pool.shutdown()
+    assert wait_until(lambda: pool.threads == 0)
 
 
 def test_jobs_submitted_in_bursts_while_threads_park_all_run(make_pool):
