@@ -32,7 +32,7 @@ from .accesslog import AccessLogFormat
 from .errors import ClientDisconnected
 from .protocol.parser import RequestHead
 from .proxy import ProxyTrust
-from .wsgi.bridge import LoopChannel, WriteFlow
+from .wsgi.bridge import LoopChannel, Soon, WriteFlow
 from .wsgi.call import WSGICall
 from .wsgi.environ import connection_environ, remote_of
 from .wsgi.input import BODY_HIGH_WATER, InputStream
@@ -64,10 +64,7 @@ def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) 
     return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
 
 
-_Soon = Callable[[Callable[[], object]], object]
-
-
-def _running_loop() -> tuple[object, _Soon, _Soon]:
+def _running_loop() -> tuple[object, Soon, Soon]:
     """The running event loop (asyncio's loop or trio's token), its way to run a callable on its thread from another
     thread, and from its own thread."""
     try:

@@ -83,7 +83,7 @@ def connection(app_name: str) -> Callable[[int], int]:
     server = Server(app, port=0, access_log=False)
     # What start() sets up, replaced by inline stand-ins (the attributes connections read per request).
     server.loop = _Loop()
-    server.channel = LoopChannel(drains.append)
+    server.channel = LoopChannel(drains.append, drains.append)
     server.submit = lambda fn, arg: jobs.append((fn, arg))
     server._all_closed = asyncio.Event()  # what start() makes; connection_opened clears it
     conn = server._make_protocol()

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ClientDisconnected
 
-__all__ = ["DRAIN_BATCH", "HIGH_WATER", "LoopChannel", "WriteFlow"]
+__all__ = ["DRAIN_BATCH", "HIGH_WATER", "LoopChannel", "Soon", "WriteFlow"]
 
 logger = logging.getLogger("asyncwsgi.error")
 
@@ -35,20 +35,19 @@ HIGH_WATER = 512 * 1024
 #: Messages handled per drain before the loop is given its next iteration (see the module docstring).
 DRAIN_BATCH = 16
 
+#: ``loop.call_soon`` and its kin: run a callable (no arguments) on the event loop.
+Soon = Callable[[Callable[[], object]], object]
+
 
 class LoopChannel:
-    """``LoopChannel(call_soon_threadsafe, call_soon)``: asyncio's ``loop.call_soon_threadsafe``, or trio's
-    ``current_trio_token().run_sync_soon``; anything that runs a callable on the loop thread from another thread.
-    ``call_soon`` (asyncio's ``loop.call_soon``) runs one in the loop's next iteration when called on the loop thread,
-    without the wake-up; by default ``call_soon_threadsafe`` does that too."""
+    """``LoopChannel(call_soon_threadsafe, call_soon)``: ``call_soon_threadsafe`` runs a callable on the loop thread
+    from another thread (asyncio's ``loop.call_soon_threadsafe``); ``call_soon`` does it from the loop thread, in the
+    loop's next iteration, without a wake-up (``loop.call_soon``). trio has one call for both: its token's
+    ``run_sync_soon``."""
 
-    def __init__(
-        self,
-        call_soon_threadsafe: Callable[[Callable[[], object]], object],
-        call_soon: Callable[[Callable[[], object]], object] | None = None,
-    ) -> None:
+    def __init__(self, call_soon_threadsafe: Soon, call_soon: Soon) -> None:
         self._call_soon_threadsafe = call_soon_threadsafe
-        self._call_soon = call_soon_threadsafe if call_soon is None else call_soon
+        self._call_soon = call_soon
         self._items: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._scheduled = False  # a drain is scheduled through call_soon_threadsafe (workers and loop)
         self._continuing = False  # the rest of a burst is scheduled through call_soon (loop thread only)

@@ -87,14 +87,15 @@ def test_a_short_burst_is_drained_at_once() -> None:
     assert r.soon == [] and r.threadsafe == []
 
 
-def test_without_call_soon_the_rest_is_scheduled_with_call_soon_threadsafe() -> None:
-    """trio has one way to schedule a callable on its loop: ``run_sync_soon``, from any thread."""
+def test_with_one_call_for_both_as_trio_has_the_rest_still_goes_to_the_next_iteration() -> None:
+    """trio has one way to schedule a callable on its loop, from any thread: ``run_sync_soon``, given twice."""
     calls: list[Callable[[], object]] = []
     seen: list[int] = []
-    channel = LoopChannel(calls.append)
+    channel = LoopChannel(calls.append, calls.append)
     for i in range(DRAIN_BATCH + 1):
         channel.post(seen.append, i)
     calls.pop()()
+    assert seen == list(range(DRAIN_BATCH))
     assert len(calls) == 1
     calls.pop()()
     assert seen == list(range(DRAIN_BATCH + 1))
