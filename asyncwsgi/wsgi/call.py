@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -111,6 +111,14 @@ _PLAIN, _CONTENT_LENGTH, _DATE, _SERVER, _CONNECTION = range(5)
 _SPECIAL_NAMES = {"content-length": _CONTENT_LENGTH, "date": _DATE, "server": _SERVER, "connection": _CONNECTION}
 _NAME_KINDS: dict[str, int] = {}
 
+# Whole response header lists already checked (a framework answers with the same few lists over and over), by the
+# list's items: (headers kept, their serialized block, Content-Length, has Date, has Server, Connection: close).
+# An item equal to a checked one is taken as checked (a str or tuple subclass with the same value included: the
+# bytes sent are the same). Bounded in count and in each block's size; emptied when full.
+_Checked = tuple[tuple[tuple[str, str], ...], str, "int | None", bool, bool, bool]
+_CHECKED_HEADERS: dict[tuple[Any, ...], _Checked] = {}
+_CHECKED_BLOCK_MAX = 2048
+
 
 def _check_status(status: str) -> bool:
     """Validate a status not seen before; returns whether its response has no body."""
@@ -141,6 +149,51 @@ def _name_kind(name: str) -> int:
     return kind
 
 
+def _check_headers(headers: list[tuple[str, str]]) -> _Checked:
+    """Validate a response header list not seen before (worker thread); cache what it says if it is small."""
+    content_length = None
+    has_date = has_server = close = False
+    clean: list[tuple[str, str]] = []
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise TypeError(f"each response header must be a (name, value) tuple, not {item!r}")
+        name, value = item
+        kind = _NAME_KINDS.get(name) if type(name) is str else None
+        if kind is None:
+            kind = _name_kind(name)
+        if type(value) is not str:
+            raise TypeError(f"response header names and values must be str: {item!r}")
+        if not (value.isascii() and value.isprintable()):  # the common case needs no regex
+            if _BAD_VALUE_RE.search(value):
+                raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
+            _check_latin1(f"header {name!r}", value)
+        if kind:
+            if kind == _CONTENT_LENGTH:
+                v = value.strip()
+                if not v.isdigit() or (content_length is not None and int(v) != content_length):
+                    raise ValueError(f"invalid Content-Length {value!r}")
+                if content_length is not None:
+                    continue
+                content_length = int(v)
+            elif kind == _DATE:
+                has_date = True
+            elif kind == _SERVER:
+                has_server = True
+            else:  # Connection
+                if value.strip().lower() == "close":
+                    close = True  # the app asks us to close after this response: honoured, not forwarded
+                    continue
+                raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
+        clean.append(item)
+    block = "".join([f"{name}: {value}\r\n" for name, value in clean])
+    checked = (tuple(clean), block, content_length, has_date, has_server, close)
+    if len(block) <= _CHECKED_BLOCK_MAX:
+        if len(_CHECKED_HEADERS) >= _CACHE_MAX:
+            _CHECKED_HEADERS.clear()  # the app's responses changed (or never repeat): start over
+        _CHECKED_HEADERS[tuple(headers)] = checked
+    return checked
+
+
 def _check_latin1(what: str, text: str) -> None:
     try:
         text.encode("latin-1")
@@ -169,6 +222,7 @@ class WSGICall:
         "_flow",
         "_has_date",
         "_has_server",
+        "_header_block",
         "_headers",
         "_held",
         "_keep_alive",
@@ -203,7 +257,8 @@ class WSGICall:
         self._flow = flow
         self.context = contextvars.copy_context()
         self._status: str | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._headers: Sequence[tuple[str, str]] = ()
+        self._header_block = ""  # self._headers serialized, "Name: value\r\n" each
         self._content_length: int | None = None
         self._has_date = False
         self._has_server = False
@@ -305,47 +360,15 @@ class WSGICall:
             no_body = _check_status(status)
         if not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
-        content_length = None
-        has_date = has_server = False
-        keep_alive = self.head.keep_alive
-        clean: list[tuple[str, str]] = []
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                raise TypeError(f"each response header must be a (name, value) tuple, not {item!r}")
-            name, value = item
-            kind = _NAME_KINDS.get(name) if type(name) is str else None
-            if kind is None:
-                kind = _name_kind(name)
-            if type(value) is not str:
-                raise TypeError(f"response header names and values must be str: {item!r}")
-            if not (value.isascii() and value.isprintable()):  # the common case needs no regex
-                if _BAD_VALUE_RE.search(value):
-                    raise ValueError(f"response header {name!r} has a control character (CR, LF, NUL...) in its value")
-                _check_latin1(f"header {name!r}", value)
-            if kind:
-                if kind == _CONTENT_LENGTH:
-                    v = value.strip()
-                    if not v.isdigit() or (content_length is not None and int(v) != content_length):
-                        raise ValueError(f"invalid Content-Length {value!r}")
-                    if content_length is not None:
-                        continue
-                    content_length = int(v)
-                elif kind == _DATE:
-                    has_date = True
-                elif kind == _SERVER:
-                    has_server = True
-                else:  # Connection
-                    if value.strip().lower() == "close":
-                        keep_alive = False  # the app asks us to close after this response: honoured, not forwarded
-                        continue
-                    raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
-            clean.append(item)
+        try:
+            checked = _CHECKED_HEADERS.get(tuple(headers))
+        except TypeError:  # an unhashable item (a list, say): the full check says what is wrong with it
+            checked = None
+        if checked is None:
+            checked = _check_headers(headers)
         self._status = status
-        self._headers = clean
-        self._content_length = content_length
-        self._has_date = has_date
-        self._has_server = has_server
-        self._keep_alive = keep_alive
+        self._headers, self._header_block, self._content_length, self._has_date, self._has_server, close = checked
+        self._keep_alive = self.head.keep_alive and not close  # Connection: close from the app is honoured
         self._no_body = no_body or self.head.method == "HEAD"
         return self.write
 
@@ -426,7 +449,8 @@ class WSGICall:
             span = wrapper.sendfile_span()
             if span is not None:
                 self._content_length = span[1]
-                self._headers.append(("Content-Length", str(span[1])))
+                self._headers = [*self._headers, ("Content-Length", str(span[1]))]
+                self._header_block += f"Content-Length: {span[1]}\r\n"
 
     def _try_sendfile(self, wrapper: FileWrapper) -> bool:
         """Send a regular file with the loop's ``sendfile`` (zero-copy where the transport allows); False to fall
@@ -457,9 +481,7 @@ class WSGICall:
 
     def _head(self, body_length: int | None) -> bytes:
         """Serialize the response head. ``body_length`` is the whole body's size when known before the head goes."""
-        parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n"]
-        for name, value in self._headers:
-            parts += (name, ": ", value, "\r\n")
+        parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n", self._header_block]
         conn = self.conn
         keep_alive = self._keep_alive and not conn.closing and not conn.draining
         body = self.input

@@ -165,6 +165,55 @@ def test_connection_close_from_app_is_honoured(server, raw):
     assert client.is_closed()
 
 
+def test_a_header_list_seen_before_is_served_the_same(server, raw):
+    """A checked header list is remembered (a framework sends the same few again and again): the same list gives
+    the same head every time, and ``Connection: close`` in a remembered list still closes the connection."""
+    plain = [("Content-Type", "text/plain"), ("X-Served", "yes"), ("Content-Length", "2")]
+    closing = [*plain, ("Connection", "close")]
+
+    def app(environ, start_response):
+        start_response("200 OK", list(closing if environ["PATH_INFO"] == "/close" else plain))
+        return [b"ok"]
+
+    srv = server(validator(app))
+    for _ in range(2):  # the second connection meets both lists remembered
+        client = raw(srv)
+        for _ in range(3):
+            resp = get(client, "/")
+            assert (resp.status, resp.body, resp.header("X-Served")) == (200, b"ok", "yes")
+            assert resp.header("Connection") is None
+            assert resp.header_names().count("content-length") == 1
+        resp = get(client, "/close")
+        assert (resp.status, resp.body, resp.header("Connection")) == (200, b"ok", "close")
+        assert client.is_closed()
+
+
+def test_remembered_header_lists_are_bounded(server, raw):
+    """Header lists that never repeat (a value per response) and large ones do not grow the memory of checked lists
+    without bound; every response still carries its own headers."""
+    from asyncwsgi.wsgi import call
+
+    big = "v" * (call._CHECKED_BLOCK_MAX + 1)
+
+    def app(environ, start_response):
+        n = environ["QUERY_STRING"]
+        headers = [("Content-Type", "text/plain"), ("X-N", n), ("Content-Length", "2")]
+        if n == "big":
+            headers.append(("X-Big", big))
+        start_response("200 OK", headers)
+        return [b"ok"]
+
+    client = raw(server(validator(app)))
+    for n in range(call._CACHE_MAX + 20):
+        resp = get(client, f"/?{n}")
+        assert (resp.status, resp.header("X-N")) == (200, str(n))
+        assert len(call._CHECKED_HEADERS) <= call._CACHE_MAX
+    for _ in range(2):
+        resp = get(client, "/?big")
+        assert (resp.status, resp.header("X-Big")) == (200, big)
+    assert not any(("X-Big", big) in key for key in call._CHECKED_HEADERS)
+
+
 def test_status_line_is_sent_as_given(server, raw):
     """The status string, reason phrase included, is what the client receives ("The start_response() Callable")."""
 
