@@ -373,11 +373,10 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_response_end(self, msg: tuple[WSGICall, bytes | list[bytes], bool]) -> None:
         call, payload, keep_alive = msg
-        if self._lost or self._transport is None or call is not self._current:
-            return
         transport = self._transport
-        if transport.is_closing():
-            return  # connection_lost follows and settles the books
+        # connection_lost clears _current: a call that is not current is one of a lost connection, or ended already
+        if call is not self._current or transport is None or transport.is_closing():
+            return  # (closing: connection_lost follows and settles the books)
         # The last bytes are written, but not counted in the WriteFlow: the worker never waits on them, so it never
         # counted them as queued, and counting them as written would give the connection's next streamed response
         # that much credit past its bound.

@@ -15,18 +15,18 @@ __all__ = ["CHUNK_END", "CONTINUE", "DATE", "error_response", "frame_chunk", "ht
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNK_END = b"0\r\n\r\n"
 
-#: ``[value, start, end]``: the current IMF-fixdate and the ``time.time()`` second it stands for. Read inline on the
-#: hot path (``DATE[0]`` once ``DATE[1] <= time.time() < DATE[2]`` holds, else ``refresh_date()`` first), where a
-#: call per response costs. The check holds both ways, so a clock stepped back is followed too. Threads may race
-#: to refresh; a reader sees at worst the previous second's value.
-DATE: list[Any] = ["", 0.0, 0.0]
+#: ``[value, start, end, field]``: the current IMF-fixdate, the ``time.time()`` second it stands for, and the whole
+#: ``Date: ...\r\n`` header line. Read inline on the hot path (``DATE[0]`` or ``DATE[3]`` once
+#: ``DATE[1] <= time.time() < DATE[2]`` holds, else ``refresh_date()`` first), where a call per response costs. The
+#: check holds both ways, so a clock stepped back is followed too. Threads may race to refresh; a reader sees at
+#: worst the previous second's value.
+DATE: list[Any] = ["", 0.0, 0.0, ""]
 
 
 def refresh_date() -> None:
     second = int(time.time())
-    DATE[0] = formatdate(second, usegmt=True)
-    DATE[1] = float(second)
-    DATE[2] = second + 1.0
+    value = formatdate(second, usegmt=True)
+    DATE[:] = [value, float(second), second + 1.0, f"Date: {value}\r\n"]
 
 
 def http_date() -> str:

@@ -481,18 +481,20 @@ class WSGICall:
 
     def _head(self, body_length: int | None) -> bytes:
         """Serialize the response head. ``body_length`` is the whole body's size when known before the head goes."""
-        parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n", self._header_block]
+        head = self.head
         conn = self.conn
+        parts = ["HTTP/1.1 ", self._status or "500 Internal Server Error", "\r\n", self._header_block]
         keep_alive = self._keep_alive and not conn.closing and not conn.draining
         body = self.input
-        if body is not None and ((self.head.expect_continue and not body.received) or body.failed):
+        if body is not None and ((head.expect_continue and not body.received) or body.failed):
             keep_alive = False  # we never asked for the body (the client may or may not send it), or it broke off
-        if self._content_length is None and not (self._no_body and self.head.method != "HEAD"):
-            if body_length is not None and (body_length or not self._no_body):
-                parts += ("Content-Length: ", str(body_length), "\r\n")
-            elif self._no_body:
+        no_body = self._no_body
+        if self._content_length is None and not (no_body and head.method != "HEAD"):
+            if body_length is not None and (body_length or not no_body):
+                parts.append(f"Content-Length: {body_length}\r\n")
+            elif no_body:
                 pass  # HEAD of a streamed body: the GET would be chunked; say nothing about the length
-            elif self.head.version == "1.1":
+            elif head.version == "1.1":
                 parts.append("Transfer-Encoding: chunked\r\n")
                 self._chunked = True
             else:
@@ -500,14 +502,15 @@ class WSGICall:
         if not self._has_date:
             if not DATE[1] <= _time() < DATE[2]:  # writer.http_date(), inline
                 refresh_date()
-            parts += ("Date: ", DATE[0], "\r\n")
-        if not self._has_server and self.conn.server_header:
+            parts.append(DATE[3])
+        if not self._has_server and conn.server_header:
             parts.append("Server: asyncwsgi\r\n")
         if not keep_alive:
-            parts.append("Connection: close\r\n")
-        elif self.head.version == "1.0":
-            parts.append("Connection: keep-alive\r\n")
-        parts.append("\r\n")
+            parts.append("Connection: close\r\n\r\n")
+        elif head.version == "1.0":
+            parts.append("Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append("\r\n")
         self._keep_alive = keep_alive
         return "".join(parts).encode("latin-1")
 
@@ -563,16 +566,20 @@ class WSGICall:
     def _frame_end(self, body: bytes) -> Any:
         """The payload ending the response: the rest of the body (the whole body, with the head, if the head has not
         gone yet, so it can carry Content-Length)."""
-        parts: list[bytes] = []
+        head = b""
         if not self.headers_sent:
-            parts.append(self._head(len(body) if self._body_known or self._content_length is not None else None))
-        if body and not self._no_body:
-            parts.append(frame_chunk(body) if self._chunked else body)
-        if self._chunked:
-            parts.append(CHUNK_END)
-        if len(parts) == 1:
-            return parts[0]
-        return b"".join(parts) if len(body) < _SMALL else parts
+            head = self._head(len(body) if self._body_known or self._content_length is not None else None)
+        if self._chunked:  # (never for a response without a body)
+            rest = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else CHUNK_END  # last chunk, end
+        elif self._no_body:
+            return head
+        else:
+            rest = body
+        if not head:
+            return rest
+        if len(rest) < _SMALL:
+            return head + rest
+        return [head, rest]
 
     def _frame_error(self) -> Any:
         """The payload of the 500 answered when the app failed before its head went out."""

@@ -787,7 +787,8 @@ def test_date_header_follows_the_clock_whatever_second_is_cached(server, raw, ca
     client = raw(handle)
     client.send(get("/"))
     assert client.read_response().status == 200
-    writer.DATE[:] = [email.utils.formatdate(cached, usegmt=True), cached, cached + 1]  # the cache the workers read
+    value = email.utils.formatdate(cached, usegmt=True)
+    writer.DATE[:] = [value, cached, cached + 1, f"Date: {value}\r\n"]  # the cache the workers read
     before = time.time()
     client.send(get("/"))
     resp = client.read_response()

@@ -151,7 +151,7 @@ def test_http_date_format_and_value() -> None:
 
 def test_http_date_known_instant(monkeypatch: pytest.MonkeyPatch) -> None:
     # The example of RFC 9110 section 5.6.7.
-    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0])
+    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0, ""])
     monkeypatch.setattr(writer, "time", SimpleNamespace(time=lambda: 784111777.25))
     assert http_date() == "Sun, 06 Nov 1994 08:49:37 GMT"
 
@@ -165,7 +165,7 @@ def test_http_date_is_cached_within_a_second(monkeypatch: pytest.MonkeyPatch) ->
         calls.append(timeval)
         return real_formatdate(timeval, usegmt=usegmt)
 
-    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0])
+    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0, ""])
     monkeypatch.setattr(writer, "time", SimpleNamespace(time=lambda: now[0]))
     monkeypatch.setattr(writer, "formatdate", counting_formatdate)
 
@@ -188,7 +188,7 @@ def test_http_date_is_cached_within_a_second(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_http_date_recomputed_when_the_clock_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_700_000_100.0]
-    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0])
+    monkeypatch.setattr(writer, "DATE", ["", 0.0, 0.0, ""])
     monkeypatch.setattr(writer, "time", SimpleNamespace(time=lambda: now[0]))
     assert http_date() == "Tue, 14 Nov 2023 22:15:00 GMT"
     now[0] = 1_700_000_000.0
