@@ -112,8 +112,11 @@ class RequestParser:
         "_content_length",
         "_ended_in_feed",
         "_expect",
+        "_feed_size",
+        "_field_cap",
         "_head",
         "_head_done",
+        "_head_seen",
         "_header_bytes",
         "_headers",
         "_hosts",
@@ -152,7 +155,10 @@ class RequestParser:
         self._parser = _new_llhttp(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
+        self._header_bytes = 0  # trailer fields' bytes (the head's are summed only if they may be over the limit)
+        self._head_seen = 0  # bytes of the earlier reads that carried part of this head (whole reads: an over-count)
+        self._feed_size = 0  # bytes of the read being parsed
+        self._field_cap = limit_fields  # fields on_header takes without a second look: 0 once the head is done
         self._content_length: int | None = None
         self._chunked = False
         self._expect = False
@@ -168,6 +174,7 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
         self._ended_in_feed = False
+        self._feed_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -189,6 +196,7 @@ class RequestParser:
             # unknown, so it is counted from the next feed on (at most one socket read of slack).
             if not self._ended_in_feed:
                 self._partial_head += len(data)
+            self._head_seen += len(data)
             if self._partial_head > self._limit_size + len(self._url) + 32:  # 32: method, version, separators
                 raise ProtocolError("request header block too large", 431)
 
@@ -219,7 +227,8 @@ class RequestParser:
         self._body_bytes = 0
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
+        self._head_seen = 0
+        self._field_cap = self._limit_fields
         self._content_length = None
         self._chunked = False
         self._expect = False
@@ -234,11 +243,11 @@ class RequestParser:
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Per field only the count is bounded here; the head's size is checked once it is complete (one read holds
+        # at most a read's worth of fields, and feed bounds a head that spans reads). The cap is 0 for trailers.
         headers = self._headers
-        size = self._header_bytes + len(name) + len(value) + 4
-        self._header_bytes = size
-        if size > self._limit_size or len(headers) >= self._limit_fields or self._head_done:
-            self._header_over_limit_or_trailer(size, len(headers))
+        if len(headers) >= self._field_cap:
+            self._field_over_limit_or_trailer(name, value)
             return
         if value and value[-1] in (32, 9):  # space, tab
             value = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
@@ -252,16 +261,15 @@ class RequestParser:
             else:
                 self._framing_header(kind, value)
 
-    def _header_over_limit_or_trailer(self, size: int, count: int) -> None:
+    def _field_over_limit_or_trailer(self, name: bytes, value: bytes) -> None:
         if self._head_done:
-            # A trailer field after a chunked body: counted against the limits, never passed to the app as a header
-            # (RFC 9110 section 6.5.1: trailers must not be merged into the header section by default).
-            if size > self._limit_size:
+            # A trailer field after a chunked body: counted against the size limit, never passed to the app as a
+            # header (RFC 9110 section 6.5.1: trailers must not be merged into the header section by default).
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_bytes > self._limit_size:
                 raise ProtocolError("request trailer section too large", 431)
             return
-        if count >= self._limit_fields:
-            raise ProtocolError("too many header fields", 431)
-        raise ProtocolError("request header block too large", 431)
+        raise ProtocolError("too many header fields", 431)
 
     def _framing_header(self, kind: int, value: bytes) -> None:
         """Content-Length, Transfer-Encoding, Expect, Upgrade: noted and checked as they arrive."""
@@ -289,8 +297,19 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         self._head_done = True
         self._partial_head = 0
+        self._field_cap = 0  # further fields are trailers
+        self._header_bytes = 0
         if self._replaying:
             return  # the head was delivered before the upgrade pause; only the parser's state is rebuilt
+        if self._head_seen + self._feed_size + len(self._headers) > self._limit_size:
+            # The reads that carried this head may hold more than the limit: sum the head itself (names, values,
+            # and 4 for ": " and CRLF for each field: one more than a field written "name:value" takes, hence the
+            # count added above).
+            size = 0
+            for name, value in self._headers:
+                size += len(name) + len(value) + 4
+            if size > self._limit_size:
+                raise ProtocolError("request header block too large", 431)
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":

@@ -146,10 +146,11 @@ def request_environ(
     cached = _KEY_CACHE.get
     for name, value in head.headers:
         key = cached(name)
-        if key is None:
-            key = _header_key(name)
-        if not key:
-            continue
+        if not key:  # not cached yet (None), or not passed to the app ("")
+            if key is None:
+                key = _header_key(name)
+            if not key:
+                continue
         val = value.decode("latin-1")
         if key in env:
             sep = "; " if key == "HTTP_COOKIE" else ", "

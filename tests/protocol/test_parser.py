@@ -622,6 +622,22 @@ def test_header_block_over_the_size_limit_is_431(way: str) -> None:
     assert sink.events == []
 
 
+@pytest.mark.parametrize("way", ["whole", "bytewise", "then_request"])
+def test_header_size_limit_is_the_same_for_fields_written_without_spaces(way: str) -> None:
+    # The limit counts name + value + 4 (": " and CRLF) per field: a client writing "name:value" sends one byte less
+    # per field than that counts, so many short fields fit the limit in raw bytes and are still over it.
+    fields = [(b"X-%d" % i, b"v") for i in range(60)]
+    head = b"GET / HTTP/1.1\r\nHost:h\r\n" + b"".join(b"%s:%s\r\n" % f for f in fields) + b"\r\n"
+    counted = sum(len(n) + len(v) + 4 for n, v in [(b"Host", b"h"), *fields])
+    limit = len(head) + 10
+    assert counted > limit
+    sink, _, err = feed(head, way, limit_size=limit)
+    assert err is not None and err.status == 431
+    assert sink.events == []
+    sink, _, err = feed(head, way, limit_size=counted)
+    assert err is None and [e[0] for e in sink.events][:2] == ["head", "end"]
+
+
 @pytest.mark.parametrize("way", ["whole", "bytewise"])
 def test_header_size_limit_enforced_before_the_line_ends(way: str) -> None:
     # One endless header line: the limit must bite as the bytes arrive, not when (if ever) the line ends, or the
