@@ -114,7 +114,9 @@ _NAME_KINDS: dict[str, int] = {}
 # Whole response header lists already checked (a framework answers with the same few lists over and over), by the
 # list's items: (headers kept, their serialized block, Content-Length, has Date, has Server, Connection: close).
 # An item equal to a checked one is taken as checked (a str or tuple subclass with the same value included: the
-# bytes sent are the same). Bounded in count and in each block's size; emptied when full.
+# bytes sent are the checked ones). Bounded in count and in each list's size (its block and the items left out of
+# it, such as Connection: close); emptied when full. A list is read once (one tuple of its items), so a list that
+# another thread changes meanwhile is remembered as what was checked.
 _Checked = tuple[tuple[tuple[str, str], ...], str, "int | None", bool, bool, bool]
 _CHECKED_HEADERS: dict[tuple[Any, ...], _Checked] = {}
 _CHECKED_BLOCK_MAX = 2048
@@ -149,12 +151,14 @@ def _name_kind(name: str) -> int:
     return kind
 
 
-def _check_headers(headers: list[tuple[str, str]]) -> _Checked:
-    """Validate a response header list not seen before (worker thread); cache what it says if it is small."""
+def _check_headers(items: tuple[Any, ...]) -> _Checked:
+    """Validate a response header list not seen before, given as a tuple of its items (worker thread); remember
+    what it says if it is small (what is sent, and what is left out of it, both count)."""
     content_length = None
     has_date = has_server = close = False
     clean: list[tuple[str, str]] = []
-    for item in headers:
+    dropped = 0
+    for item in items:
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"each response header must be a (name, value) tuple, not {item!r}")
         name, value = item
@@ -173,6 +177,7 @@ def _check_headers(headers: list[tuple[str, str]]) -> _Checked:
                 if not v.isdigit() or (content_length is not None and int(v) != content_length):
                     raise ValueError(f"invalid Content-Length {value!r}")
                 if content_length is not None:
+                    dropped += len(name) + len(value)
                     continue
                 content_length = int(v)
             elif kind == _DATE:
@@ -182,15 +187,16 @@ def _check_headers(headers: list[tuple[str, str]]) -> _Checked:
             else:  # Connection
                 if value.strip().lower() == "close":
                     close = True  # the app asks us to close after this response: honoured, not forwarded
+                    dropped += len(name) + len(value)
                     continue
                 raise ValueError(f"hop-by-hop header {name!r} is not allowed from a WSGI application (PEP 3333)")
         clean.append(item)
     block = "".join([f"{name}: {value}\r\n" for name, value in clean])
     checked = (tuple(clean), block, content_length, has_date, has_server, close)
-    if len(block) <= _CHECKED_BLOCK_MAX:
+    if len(block) + dropped <= _CHECKED_BLOCK_MAX:
         if len(_CHECKED_HEADERS) >= _CACHE_MAX:
             _CHECKED_HEADERS.clear()  # the app's responses changed (or never repeat): start over
-        _CHECKED_HEADERS[tuple(headers)] = checked
+        _CHECKED_HEADERS[items] = checked
     return checked
 
 
@@ -360,12 +366,13 @@ class WSGICall:
             no_body = _check_status(status)
         if not isinstance(headers, list):
             raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+        items = tuple(headers)  # one snapshot: looked up, checked and remembered as the same items
         try:
-            checked = _CHECKED_HEADERS.get(tuple(headers))
+            checked = _CHECKED_HEADERS.get(items)
         except TypeError:  # an unhashable item (a list, say): the full check says what is wrong with it
             checked = None
         if checked is None:
-            checked = _check_headers(headers)
+            checked = _check_headers(items)
         self._status = status
         self._headers, self._header_block, self._content_length, self._has_date, self._has_server, close = checked
         self._keep_alive = self.head.keep_alive and not close  # Connection: close from the app is honoured

@@ -214,6 +214,41 @@ def test_remembered_header_lists_are_bounded(server, raw):
     assert not any(("X-Big", big) in key for key in call._CHECKED_HEADERS)
 
 
+def test_a_header_list_is_remembered_only_as_what_was_checked(server, raw):
+    """A list whose items change while ``start_response`` reads it (another thread changing a shared list; here a
+    list whose iteration alternates) is read once: what is remembered under a list is what was checked for it, so
+    no later response gets another response's headers. Items left out of what is sent (a padded ``Connection:
+    close``) count towards the size of what is remembered."""
+    mine = [("Content-Type", "text/plain"), ("Set-Cookie", "session=MINE"), ("Content-Length", "2")]
+    other = [("Content-Type", "text/plain"), ("Set-Cookie", "session=OTHER"), ("Content-Length", "2")]
+
+    class Alternating(list):
+        turns = 0
+
+        def __iter__(self):
+            Alternating.turns += 1
+            return iter(mine if Alternating.turns % 2 else other)
+
+    padded = [("Content-Type", "text/plain"), ("Content-Length", "2"), ("Connection", "close" + " " * 4000)]
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        start_response("200 OK", Alternating(mine) if path == "/shifty" else padded if path == "/padded" else mine)
+        return [b"ok"]
+
+    from asyncwsgi.wsgi import call
+
+    client = raw(server(app))
+    get(client, "/shifty")
+    for _ in range(2):
+        assert get(client, "/").header("Set-Cookie") == "session=MINE"
+    for key, checked in list(call._CHECKED_HEADERS.items()):
+        assert key == checked[0], "a list is remembered with the headers of another"
+    resp = get(client, "/padded")
+    assert (resp.status, resp.header("Connection")) == (200, "close")
+    assert tuple(padded) not in call._CHECKED_HEADERS
+
+
 def test_status_line_is_sent_as_given(server, raw):
     """The status string, reason phrase included, is what the client receives ("The start_response() Callable")."""
 
