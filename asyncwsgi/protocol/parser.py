@@ -124,6 +124,7 @@ class RequestParser:
         "_limit_fields",
         "_limit_line",
         "_limit_size",
+        "_ows_stripped",
         "_parser",
         "_partial_head",
         "_replaying",
@@ -157,6 +158,7 @@ class RequestParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0  # trailer fields' bytes (the head's are summed only if they may be over the limit)
         self._head_seen = 0  # bytes of the earlier reads that carried part of this head (whole reads: an over-count)
+        self._ows_stripped = 0  # trailing whitespace taken off this head's values (counted in its size all the same)
         self._feed_size = 0  # bytes of the read being parsed
         self._field_cap = limit_fields  # fields on_header takes without a second look: 0 once the head is done
         self._content_length: int | None = None
@@ -228,6 +230,7 @@ class RequestParser:
         self._url = b""
         self._headers = []
         self._head_seen = 0
+        self._ows_stripped = 0
         self._field_cap = self._limit_fields
         self._content_length = None
         self._chunked = False
@@ -250,7 +253,9 @@ class RequestParser:
             self._field_over_limit_or_trailer(name, value)
             return
         if value and value[-1] in (32, 9):  # space, tab
-            value = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
+            stripped = value.rstrip(b" \t")  # llhttp strips leading whitespace only (RFC 9110 section 5.5: OWS)
+            self._ows_stripped += len(value) - len(stripped)
+            value = stripped
         headers.append((name, value))
         kind = _HEADER_KINDS.get(name)
         if kind is None:
@@ -305,7 +310,7 @@ class RequestParser:
             # The reads that carried this head may hold more than the limit: sum the head itself (names, values,
             # and 4 for ": " and CRLF for each field: one more than a field written "name:value" takes, hence the
             # count added above).
-            size = 0
+            size = self._ows_stripped
             for name, value in self._headers:
                 size += len(name) + len(value) + 4
             if size > self._limit_size:

@@ -638,6 +638,16 @@ def test_header_size_limit_is_the_same_for_fields_written_without_spaces(way: st
     assert err is None and [e[0] for e in sink.events][:2] == ["head", "end"]
 
 
+@pytest.mark.parametrize("way", ["whole", "bytewise", "then_request"])
+@pytest.mark.parametrize("padding", [b" ", b"\t"], ids=["spaces", "tabs"])
+def test_trailing_whitespace_counts_towards_the_header_size_limit(way: str, padding: bytes) -> None:
+    # Values reach the app without their trailing whitespace, but the client sent it: it counts.
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a" + padding * 3000 + b"\r\n\r\n"
+    sink, _, err = feed(head, way, limit_size=1000)
+    assert err is not None and err.status == 431
+    assert sink.events == []
+
+
 @pytest.mark.parametrize("way", ["whole", "bytewise"])
 def test_header_size_limit_enforced_before_the_line_ends(way: str) -> None:
     # One endless header line: the limit must bite as the bytes arrive, not when (if ever) the line ends, or the
