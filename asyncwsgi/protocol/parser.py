@@ -91,6 +91,10 @@ def _header_kind(name: bytes) -> int:
     return kind
 
 
+#: Bytes a chunk may take besides its data (its size line: up to 16 hex digits, CRLF; a CRLF after the data; and
+#: modest chunk extensions) before the framing of a chunked body counts as abuse.
+_CHUNK_LINE_ALLOWANCE = 64
+
 #: The usual methods' names, decoded once (llhttp accepts only methods it knows, so this needs no bound).
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
@@ -109,11 +113,13 @@ class RequestParser:
     __slots__ = (
         "_body_bytes",
         "_chunked",
+        "_chunks",
         "_content_length",
         "_ended_in_feed",
         "_expect",
         "_feed_size",
         "_field_cap",
+        "_framing_seen",
         "_head",
         "_head_done",
         "_head_seen",
@@ -160,6 +166,8 @@ class RequestParser:
         self._head_seen = 0  # bytes of the earlier reads that carried part of this head (whole reads: an over-count)
         self._ows_stripped = 0  # trailing whitespace taken off this head's values (counted in its size all the same)
         self._feed_size = 0  # bytes of the read being parsed
+        self._chunks = 0  # chunks of this message's chunked body so far
+        self._framing_seen = 0  # bytes of the reads that carried this chunked body (see _check_chunk_framing)
         self._field_cap = limit_fields  # fields on_header takes without a second look: 0 once the head is done
         self._content_length: int | None = None
         self._chunked = False
@@ -201,6 +209,19 @@ class RequestParser:
             self._head_seen += len(data)
             if self._partial_head > self._limit_size + len(self._url) + 32:  # 32: method, version, separators
                 raise ProtocolError("request header block too large", 431)
+        elif self.in_message and self._chunked:
+            self._check_chunk_framing(len(data))
+
+    def _check_chunk_framing(self, size: int) -> None:
+        """Bound what a chunked body carries besides its data: chunk-size lines (and their extensions), and the
+        trailer section, which llhttp (like a header line) keeps in memory until each field ends. Counted after
+        each read as the read's size less the body data it held; a read in which an earlier request ended is not
+        counted (so at most one read of slack), and a read that held this head allows for it."""
+        if not self._ended_in_feed:
+            self._framing_seen += size
+        allowed = 2 * self._limit_size + self._limit_line + _CHUNK_LINE_ALLOWANCE * self._chunks
+        if self._framing_seen - self._body_bytes > allowed:
+            raise ProtocolError("request trailer section or chunk framing too large", 431)
 
     def _resume_after_upgrade(self, rest: bytes) -> None:
         """llhttp stops at the end of a request that asks to switch protocols. A WSGI server never switches, so the
@@ -227,6 +248,8 @@ class RequestParser:
         self.in_message = True
         self._partial_head = 0
         self._body_bytes = 0
+        self._chunks = 0
+        self._framing_seen = 0
         self._url = b""
         self._headers = []
         self._head_seen = 0
@@ -356,12 +379,14 @@ class RequestParser:
         self.sink.on_head(head)
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         limit = self._limit_body
-        if limit is not None:
-            self._body_bytes += len(body)
-            if self._body_bytes > limit:
-                raise ProtocolError(f"request body larger than {limit} bytes", 413)
+        if limit is not None and self._body_bytes > limit:
+            raise ProtocolError(f"request body larger than {limit} bytes", 413)
         self.sink.on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_message_complete(self) -> None:
         if self._upgrading:

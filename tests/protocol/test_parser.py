@@ -512,6 +512,48 @@ def test_trailer_fields_do_not_change_the_delivered_head(way: str) -> None:
     assert head_dict(head) == snapshot
 
 
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("where", ["trailer-line", "chunk-extension"])
+@pytest.mark.parametrize("piece", [1, 4096], ids=["small-reads", "large-reads"])
+def test_endless_chunk_framing_is_431_after_a_bounded_amount(where: str, piece: int) -> None:
+    # A trailer line (or a chunk-size line's extensions) that never ends: llhttp keeps a field it has not finished
+    # in memory, like a header line, so the bytes must be bounded as they arrive, not when the line ends.
+    start = CHUNKED_HEAD + (b"1\r\nx\r\n0\r\nX-T: " if where == "trailer-line" else b"1;ext=")
+    parser = RequestParser(RecordingSink(), limit_line=64, limit_size=256)
+    parser.feed(start)
+    fed = 0
+    with pytest.raises(ProtocolError) as info:
+        while fed < 64 * 1024:
+            parser.feed(b"v" * piece)
+            fed += piece
+    assert info.value.status == 431
+    assert fed <= 2 * 256 + 64 + 2 * 64 + piece
+
+
+@pytest.mark.parametrize("way", ["whole", "bytewise"])
+def test_many_small_chunks_and_trailers_within_the_limits_are_accepted(way: str) -> None:
+    chunks = b"".join(b"1\r\n%c\r\n" % (97 + i % 26) for i in range(400))
+    trailers = b"X-T1: %s\r\nX-T2: %s\r\n" % (b"t" * 100, b"u" * 100)
+    data = CHUNKED_HEAD + chunks + b"0\r\n" + trailers + b"\r\n"
+    sink, _, err = feed(data, way, limit_line=64, limit_size=256)
+    assert err is None
+    assert b"".join(e[1] for e in sink.events if e[0] == "body") == bytes(97 + i % 26 for i in range(400))
+    assert sink.events[-1][0] == "end"
+
+
+def test_chunk_framing_bound_ignores_a_large_request_before_it_in_the_same_read() -> None:
+    # A read holding the whole of a large request and the start of a chunked one: the large one is not the chunked
+    # body's framing.
+    big = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"a" * 100000
+    sink = RecordingSink()
+    parser = RequestParser(sink, limit_line=64, limit_size=256)
+    parser.feed(big + CHUNKED_HEAD + b"3\r\nab")
+    parser.feed(b"c\r\n0\r\n\r\n")
+    assert [e[0] for e in sink.events].count("end") == 2
+
+
 # -- OWS around field values -------------------------------------------------------------------------------------------
 
 

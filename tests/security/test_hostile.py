@@ -279,6 +279,36 @@ def test_chunked_upload_cut_at_the_body_limit_while_the_client_keeps_sending(ser
     assert_served(handle, raw)
 
 
+def test_endless_trailer_line_is_refused_while_the_client_keeps_sending(server, raw):
+    # A chunked body whose trailer line never ends: the parser would keep the unfinished field in memory; the
+    # bytes are bounded as they arrive (431), however long the client goes on.
+    app = Recorder()
+    handle = server(app, limit_request_headers_size=4096)
+    client = raw(handle)
+    client.send(_post(CHUNKED, b"3\r\nabc\r\n0\r\nX-Endless: "))
+    stop = threading.Event()
+
+    def upload() -> None:
+        try:
+            for _ in range(400):  # 25 MiB at most
+                if stop.is_set():
+                    return
+                client.sock.sendall(b"v" * 65536)
+        except OSError:
+            pass  # the server closed: expected
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    try:
+        assert_refused(client, 431)
+    finally:
+        stop.set()
+        sender.join(10)
+    assert app.failed.wait(5)
+    assert isinstance(app.errors[0], OSError)
+    assert_served(handle, raw)
+
+
 def test_content_length_upload_over_the_limit_while_the_client_keeps_sending(server, raw):
     app = Recorder()
     handle = server(app, limit_request_body=1000)
