@@ -189,6 +189,7 @@ class RequestParser:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._resume_after_upgrade(data[exc.args[0] :])
+            return  # what followed the upgrade request was fed, and counted, by a feed of its own
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolError):

@@ -754,6 +754,18 @@ def test_pipelined_upgrade_requests() -> None:
     assert normalize(sink.events) == [H("GET", b"/ws", UPGRADE_HEADERS, upgrade=True), END] * 3
 
 
+def test_partial_head_after_an_upgrade_request_is_counted_once() -> None:
+    # An upgrade request and most of the next head in one read: the part of the next head is counted against the
+    # size limit once (it was counted twice: by the feed resumed after the upgrade, then by the outer one).
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    partial = b"GET /next HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 600 + b"\r\n"
+    sink = RecordingSink()
+    parser = RequestParser(sink, limit_size=1000)
+    parser.feed(upgrade + partial)
+    parser.feed(b"\r\n")
+    assert [e[0] for e in sink.events] == ["head", "end", "head", "end"]
+
+
 @pytest.mark.parametrize("way", WAYS)
 def test_upgrade_header_without_connection_upgrade(way: str) -> None:
     data = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"
