@@ -628,6 +628,43 @@ def test_client_disconnect_mid_stream_stops_iterable(asgi_server: StartServer) -
     assert produced < 200
 
 
+def test_client_gone_before_a_slow_stream_starts_stops_it_at_its_first_chunk(asgi_server: StartServer) -> None:
+    """A request without a body whose app is silent for a while, then streams: the client leaves during the
+    silence; once the stream starts, the adapter learns the client left (receive()) and the iterable stops and is
+    closed within 1 s."""
+    produced = 0
+    left = threading.Event()
+    closed = threading.Event()
+    started_at: list[float] = []
+    closed_at: list[float] = []
+
+    class SlowStart:
+        def __iter__(self) -> Iterator[bytes]:
+            nonlocal produced
+            left.wait(TIMEOUT)  # silent until the client has gone
+            started_at.append(time.monotonic())
+            for _ in range(400):  # 4 s at most
+                produced += 1
+                yield b"x" * 1024
+                time.sleep(0.01)
+
+        def close(self) -> None:
+            closed_at.append(time.monotonic())
+            closed.set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> SlowStart:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return SlowStart()
+
+    srv = asgi_server(to_asgi(validator(app)))
+    with socket.create_connection((srv.host, srv.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request("GET", "/slow-start"))
+    left.set()
+    wait_true(closed, "close() after the client left")
+    assert closed_at[0] - started_at[0] < 1.0, f"close() came {closed_at[0] - started_at[0]:.2f}s into the stream"
+    assert produced < 100
+
+
 def test_backpressure_stalls_producer(asgi_server: StartServer) -> None:
     """A client that stops reading: the app is held at a bounded number of chunks ahead, and resumes when the
     client reads again."""
