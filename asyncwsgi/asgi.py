@@ -290,8 +290,11 @@ class _Exchange:
         try:
             await self._respond(call, send)
         finally:
-            if self._pump_task is not None:
-                self._pump_task.cancel()
+            pump, self._pump_task, self._receive = self._pump_task, None, None
+            if pump is not None:
+                # Cancelled, and let go of: the task refers to this exchange (through its coroutine), and a cycle
+                # would keep the exchange and the request body it holds until the cyclic collector ran.
+                pump.cancel()
 
     def _start_pump(self) -> None:
         """asyncio: start the pump (feeding the body, then watching for the client leaving), if not yet started."""
@@ -306,6 +309,9 @@ class _Exchange:
             self._gone("the response ended")
             self._ended = True
             self._pending.clear()
+            # The stream calls back into this exchange (_from_worker): let go of it, so no cycle keeps the exchange
+            # and the body until the cyclic collector runs (the worker keeps its own reference while it needs it).
+            self.input = None
 
     # -- loop side: request body and disconnects -------------------------------------------------------------------
 
