@@ -250,31 +250,36 @@ def test_bad_chunked_body_fails_the_apps_read_and_is_refused(server, raw, option
     assert_served(handle, raw)
 
 
-def test_chunked_upload_cut_at_the_body_limit_while_the_client_keeps_sending(server, raw):
-    # The client streams far more than the limit without reading: it must still get the 413.
-    app = Recorder()
-    handle = server(app, limit_request_body=100_000)
-    client = raw(handle)
-    client.send(_post(CHUNKED))
-    chunk = b"10000\r\n" + b"c" * 0x10000 + b"\r\n"
+def _refused_while_sending(client, piece: bytes, status: int, times: int = 400) -> None:
+    """Send ``piece`` up to ``times`` times from another thread, never reading meanwhile: the server must still
+    answer ``status`` (and close)."""
     stop = threading.Event()
 
     def upload() -> None:
         try:
-            for _ in range(400):  # 25 MiB at most
+            for _ in range(times):
                 if stop.is_set():
                     return
-                client.sock.sendall(chunk)
+                client.sock.sendall(piece)
         except OSError:
             pass  # the server closed: expected
 
     sender = threading.Thread(target=upload)
     sender.start()
     try:
-        assert_refused(client, 413)
+        assert_refused(client, status)
     finally:
         stop.set()
         sender.join(10)
+
+
+def test_chunked_upload_cut_at_the_body_limit_while_the_client_keeps_sending(server, raw):
+    # The client streams far more than the limit without reading: it must still get the 413.
+    app = Recorder()
+    handle = server(app, limit_request_body=100_000)
+    client = raw(handle)
+    client.send(_post(CHUNKED))
+    _refused_while_sending(client, b"10000\r\n" + b"c" * 0x10000 + b"\r\n", 413)  # 25 MiB at most
     assert isinstance(app.errors[0], OSError)
     assert_served(handle, raw)
 
@@ -286,24 +291,7 @@ def test_endless_trailer_line_is_refused_while_the_client_keeps_sending(server, 
     handle = server(app, limit_request_headers_size=4096)
     client = raw(handle)
     client.send(_post(CHUNKED, b"3\r\nabc\r\n0\r\nX-Endless: "))
-    stop = threading.Event()
-
-    def upload() -> None:
-        try:
-            for _ in range(400):  # 25 MiB at most
-                if stop.is_set():
-                    return
-                client.sock.sendall(b"v" * 65536)
-        except OSError:
-            pass  # the server closed: expected
-
-    sender = threading.Thread(target=upload)
-    sender.start()
-    try:
-        assert_refused(client, 431)
-    finally:
-        stop.set()
-        sender.join(10)
+    _refused_while_sending(client, b"v" * 65536, 431)  # 25 MiB at most
     assert app.failed.wait(5)
     assert isinstance(app.errors[0], OSError)
     assert_served(handle, raw)
@@ -313,25 +301,8 @@ def test_content_length_upload_over_the_limit_while_the_client_keeps_sending(ser
     app = Recorder()
     handle = server(app, limit_request_body=1000)
     client = raw(handle)
-    stop = threading.Event()
-
-    def upload() -> None:
-        try:
-            client.sock.sendall(_post("Content-Length: 30000000\r\n"))
-            for _ in range(450):
-                if stop.is_set():
-                    return
-                client.sock.sendall(b"u" * 65536)
-        except OSError:
-            pass
-
-    sender = threading.Thread(target=upload)
-    sender.start()
-    try:
-        assert_refused(client, 413)
-    finally:
-        stop.set()
-        sender.join(10)
+    client.send(_post("Content-Length: 30000000\r\n"))
+    _refused_while_sending(client, b"u" * 65536, 413, times=450)
     assert app.calls == []
 
 
