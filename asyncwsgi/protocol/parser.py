@@ -184,7 +184,7 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises ``ProtocolError`` (400/414/431/...) on anything malformed or over a limit."""
         self._ended_in_feed = False
-        self._feed_size = len(data)
+        self._feed_size = size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -206,12 +206,12 @@ class RequestParser:
             # unfinished head here. When another request ended earlier in this same feed, where this head began is
             # unknown, so it is counted from the next feed on (at most one socket read of slack).
             if not self._ended_in_feed:
-                self._partial_head += len(data)
-            self._head_seen += len(data)
+                self._partial_head += size
+            self._head_seen += size
             if self._partial_head > self._limit_size + len(self._url) + 32:  # 32: method, version, separators
                 raise ProtocolError("request header block too large", 431)
         elif self.in_message and self._chunked:
-            self._check_chunk_framing(len(data))
+            self._check_chunk_framing(size)
 
     def _check_chunk_framing(self, size: int) -> None:
         """Bound what a chunked body carries besides its data: chunk-size lines (and their extensions), and the

@@ -577,7 +577,7 @@ class WSGICall:
         if not self.headers_sent:
             head = self._head(len(body) if self._body_known or self._content_length is not None else None)
         if self._chunked:  # (never for a response without a body)
-            rest = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else CHUNK_END  # last chunk, end
+            rest = frame_chunk(body) + CHUNK_END if body else CHUNK_END  # the last chunk, then the end
         elif self._no_body:
             return head
         else:
