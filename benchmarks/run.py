@@ -4,7 +4,9 @@
 
 Every server runs as one process pinned to CPU 0 and serves the same apps (``benchmarks/apps.py``) on loopback; wrk,
 pinned to CPU 1, drives it. Servers alternate A B C A B C over several rounds and the median of the rounds is
-reported per server and case: requests/s, p50 and p99 latency, errors, and peak RSS of the server's process tree.
+reported per server and case: requests/s, p50 and p99 latency, errors, peak RSS of the server's process tree, and
+the CPU time (user + system) that tree used per request: a measure of efficiency that a shared or noisy machine
+moves far less than requests/s (a server with spare CPU and a slow loop shows it too).
 Results go to ``benchmarks/results/`` as ``latest.md``, ``latest.json`` and ``latest.png``.
 
 Peers come from the optional ``[bench]`` extra (gunicorn, waitress, uvicorn + a2wsgi, granian, hypercorn); a peer
@@ -280,6 +282,8 @@ class Result:
     p99_ms: float = 0.0
     errors: int = 0
     peak_rss_mib: float = 0.0
+    #: CPU time (user + system) of the server's process tree during the measured load, per request completed
+    cpu_us_per_req: float = 0.0
     idle_rss_per_conn_kib: float | None = None
     note: str = ""
     rounds: list[float] = field(default_factory=list)
@@ -301,25 +305,41 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` and its descendants (gunicorn and granian run the app in a child process)."""
-    total = 0
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (gunicorn and granian run the app in a child process)."""
+    found: list[int] = []
     pids = [pid]
-    seen = set()
     while pids:
         p = pids.pop()
-        if p in seen:
+        if p in found:
             continue
-        seen.add(p)
         try:
-            status = Path(f"/proc/{p}/status").read_text()
-            m = re.search(r"VmRSS:\s+(\d+)", status)
-            total += int(m.group(1)) if m else 0
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            pids.extend(int(c) for c in children)
         except OSError:
             continue
+        found.append(p)
+        pids.extend(int(c) for c in children)
+    return found
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+            total += int(m.group(1)) if m else 0
     return total
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by ``pid`` and its descendants (each process's own, all its threads)."""
+    ticks = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _get(port: int, path: str = "/hello", timeout: float = 1.0) -> int:
@@ -402,7 +422,14 @@ def _parse_wrk(out: str) -> dict[str, float]:
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         errors += int(non2xx.group(1))
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+    done = re.search(r"^\s*(\d+) requests in ", out, re.M)
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": errors,
+        "requests": int(done.group(1)) if done else 0,
+    }
 
 
 def _open_idle(port: int, n: int) -> list[socket.socket]:
@@ -443,7 +470,9 @@ def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None, 
             stop = threading.Event()
             sampler = threading.Thread(target=_sample_peak, args=(proc.pid, stop, samples), daemon=True)
             sampler.start()
+            cpu = _tree_cpu_seconds(proc.pid)
             stats = _wrk(port, case, duration, script)
+            cpu = _tree_cpu_seconds(proc.pid) - cpu
             stop.set()
             sampler.join()
             samples.append(_tree_rss_kib(proc.pid))
@@ -459,6 +488,8 @@ def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None, 
     result.p99_ms = stats["p99"]
     result.errors = int(stats["errors"])
     result.peak_rss_mib = round(max(samples) / 1024, 1)
+    if stats["requests"]:
+        result.cpu_us_per_req = round(cpu / stats["requests"] * 1e6, 1)
     return result
 
 
@@ -486,9 +517,13 @@ def _rounds_phrase(rounds: str) -> str:
 
 
 def _median_result(results: list[Result]) -> Result:
+    """The round with the median requests/s (the upper one of an even count), with every round's requests/s and the
+    median CPU time per request over the rounds."""
     by_rps = sorted(results, key=lambda r: r.rps)
     mid = by_rps[len(by_rps) // 2]
     mid.rounds = [round(r.rps) for r in results]
+    cpu = sorted(r.cpu_us_per_req for r in results if r.cpu_us_per_req)
+    mid.cpu_us_per_req = cpu[len(cpu) // 2] if cpu else 0.0
     return mid
 
 
@@ -521,7 +556,10 @@ def report(
         f"{meta['date']} on {meta['machine']}. One server process pinned to CPU {SERVER_CPU}, wrk pinned to CPU "
         f"{LOAD_CPU}; {_rounds_phrase(meta['rounds'])} of {meta['duration']} s, servers alternated each round. "
         "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's, round by round (the two ran minutes apart "
-        "at most), median of the rounds; where a round failed, the ratio of the medians.",
+        "at most), median of the rounds; where a round failed, the ratio of the medians. `CPU us/req` is the CPU "
+        "time (user + system) the server's processes used during the load, per request completed, median of the "
+        "rounds: it counts every thread (the event loop, the workers, a Rust core's I/O threads) and moves far less "
+        "than requests/s on a shared machine.",
         "",
     ]
     for case in cases:
@@ -531,8 +569,11 @@ def report(
             continue
         ours = results[case.name].get("asyncwsgi")
         lines += [f"## {case.name}: {case.note} ({case.connections} connections)", ""]
-        header = "| server | threads | req/s | x asyncwsgi | p50 ms | p99 ms | errors | peak RSS MiB | rounds req/s |"
-        sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        header = (
+            "| server | threads | req/s | x asyncwsgi | p50 ms | p99 ms | errors | CPU us/req | peak RSS MiB "
+            "| rounds req/s |"
+        )
+        sep = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         if case.idle:
             header += " RSS KiB per idle conn |"
             sep += "---:|"
@@ -541,7 +582,8 @@ def report(
             ratio = f"{_paired_ratio(ours, r):.2f}" if ours and r.rps else "-"
             row = (
                 f"| {spec.name} | {spec.describe_threads(case)} | {r.rps:,.0f} | {ratio} | {r.p50_ms:.2f} | "
-                f"{r.p99_ms:.2f} | {r.errors} | {r.peak_rss_mib} | {' / '.join(f'{x:,}' for x in r.rounds)} |"
+                f"{r.p99_ms:.2f} | {r.errors} | {r.cpu_us_per_req or '-'} | {r.peak_rss_mib} | "
+                f"{' / '.join(f'{x:,}' for x in r.rounds)} |"
             )
             if case.idle:
                 row += f" {r.idle_rss_per_conn_kib} |"
@@ -761,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                     raw[case.name].setdefault(spec.name, []).append(r)
                     print(
                         f"round {rnd + 1} {case.name:11} {spec.name:15} {r.rps:>10,.0f} req/s  "
-                        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  rss {r.peak_rss_mib} MiB",
+                        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  cpu {r.cpu_us_per_req} us/req  "
+                        f"rss {r.peak_rss_mib} MiB",
                         flush=True,
                     )
     results = {c: {s: _median_result(rs) for s, rs in by.items()} for c, by in raw.items()}

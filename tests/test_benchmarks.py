@@ -4,9 +4,13 @@ when someone needs it)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from benchmarks import hotpath
+from benchmarks import run as bench_run
 
 
 @pytest.mark.parametrize("app", sorted(hotpath.REQUESTS))
@@ -15,3 +19,72 @@ def test_hotpath_serves_every_request_it_is_given_in_full(app: str) -> None:
     first = serve(1)
     assert first > 0, "no response was written"
     assert serve(10) == 11 * first, "the responses to identical requests differ in size, or some were not written"
+
+
+# -- benchmarks/run.py: what it measures besides wrk's own figures ----------------------------------------------------
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:40123/hello
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.31ms  362.43us   6.11ms   88.42%
+    Req/Sec    49.52k     2.11k   52.37k    70.00%
+  Latency Distribution
+     50%    1.21ms
+     75%    1.38ms
+     90%    1.62ms
+     99%    2.11ms
+  98543 requests in 2.00s, 11.75MB read
+Requests/sec:  49258.13
+Transfer/sec:      5.87MB
+"""
+
+
+def test_wrk_output_gives_requests_completed_and_latencies() -> None:
+    stats = bench_run._parse_wrk(WRK_OUTPUT)
+    assert stats == {"rps": 49258.13, "p50": 1.21, "p99": 2.11, "errors": 0, "requests": 98543}
+
+
+def test_cpu_time_counts_the_whole_process_tree() -> None:
+    """A server that runs its app in a child process (gunicorn, granian) is charged for the child's CPU too."""
+    burner = (
+        "import sys, time\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.3: pass\n"  # bounded: 0.3 s of CPU
+        "print('burnt', flush=True)\n"
+        "sys.stdin.read()"  # until the parent closes our stdin
+    )
+    parent = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {burner!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        "print(child.stdout.readline().decode().strip(), flush=True)\n"
+        "sys.stdin.read()\n"
+        "child.stdin.close(); child.stdout.close(); child.wait(10)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as p:
+        assert p.stdout is not None and p.stdin is not None
+        try:
+            assert p.stdout.readline().strip() == "burnt"  # the child has used its 0.3 s and waits
+            used = bench_run._tree_cpu_seconds(p.pid)
+        finally:
+            p.stdin.close()
+            p.wait(10)
+    assert 0.25 <= used < 5.0, used
+    assert bench_run._tree_cpu_seconds(p.pid) == 0.0  # gone: nothing, not an error
+
+
+def test_reported_cpu_per_request_is_the_median_of_the_rounds() -> None:
+    rounds = [
+        bench_run.Result("asyncwsgi", "hello", rps=rps, cpu_us_per_req=cpu)
+        for rps, cpu in ((40_000, 30.0), (50_000, 10.0), (45_000, 20.0))
+    ]
+    r = bench_run._median_result(rounds)
+    assert (r.rps, r.cpu_us_per_req, r.rounds) == (45_000, 20.0, [40_000, 50_000, 45_000])
+    case = next(c for c in bench_run.CASES if c.name == "hello")
+    spec = next(s for s in bench_run.SERVERS if s.name == "asyncwsgi")
+    meta = {"date": "2026-01-01", "machine": "test", "rounds": "3", "duration": "5"}
+    text = bench_run.report({"hello": {"asyncwsgi": r}}, [spec], [case], meta)
+    header, _, row = text.split("## hello")[1].strip().splitlines()[2:5]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[header.strip("|").split("|").index(" CPU us/req ")] == "20.0"
