@@ -284,6 +284,8 @@ class Result:
     peak_rss_mib: float = 0.0
     #: CPU time (user + system) of the server's process tree during the measured load, per request completed
     cpu_us_per_req: float = 0.0
+    #: share of the machine's CPU time taken by the hypervisor for other guests during the measured load
+    steal_pct: float = 0.0
     idle_rss_per_conn_kib: float | None = None
     note: str = ""
     rounds: list[float] = field(default_factory=list)
@@ -340,6 +342,21 @@ def _tree_cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """``(steal, total)``: time of all CPUs so far that the hypervisor gave to other guests, and all of it (the first
+    line of /proc/stat); ``(0, 0)`` where that cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        if len(fields) == 8:  # user nice system idle iowait irq softirq steal
+            return fields[7], sum(fields)
+    return 0, 0
+
+
+def _steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0
 
 
 def _get(port: int, path: str = "/hello", timeout: float = 1.0) -> int:
@@ -470,9 +487,9 @@ def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None, 
             stop = threading.Event()
             sampler = threading.Thread(target=_sample_peak, args=(proc.pid, stop, samples), daemon=True)
             sampler.start()
-            cpu = _tree_cpu_seconds(proc.pid)
+            cpu, jiffies = _tree_cpu_seconds(proc.pid), _cpu_jiffies()
             stats = _wrk(port, case, duration, script)
-            cpu = _tree_cpu_seconds(proc.pid) - cpu
+            cpu, steal = _tree_cpu_seconds(proc.pid) - cpu, _steal_pct(jiffies, _cpu_jiffies())
             stop.set()
             sampler.join()
             samples.append(_tree_rss_kib(proc.pid))
@@ -488,6 +505,7 @@ def run_one(spec: ServerSpec, case: Case, duration: float, script: Path | None, 
     result.p99_ms = stats["p99"]
     result.errors = int(stats["errors"])
     result.peak_rss_mib = round(max(samples) / 1024, 1)
+    result.steal_pct = steal
     if stats["requests"]:
         result.cpu_us_per_req = round(cpu / stats["requests"] * 1e6, 1)
     return result
@@ -547,6 +565,17 @@ def _paired_ratio(ours: Result, other: Result) -> float:
     return ours.rps / other.rps
 
 
+def _steal_phrase(meta: dict[str, str]) -> str:
+    """How much of the machine the hypervisor gave to other guests during the run (a virtual machine's noise)."""
+    steal = meta.get("steal_pct")
+    if steal is None:
+        return ""
+    return (
+        f" The hypervisor gave {steal}% of the CPUs' time to other guests during the run (steal, /proc/stat); above a "
+        "few percent, rounds move by tens of percent and CPU per request rises with it."
+    )
+
+
 def report(
     results: dict[str, dict[str, Result]], specs: list[ServerSpec], cases: list[Case], meta: dict[str, str]
 ) -> str:
@@ -559,7 +588,7 @@ def report(
         "at most), median of the rounds; where a round failed, the ratio of the medians. `CPU us/req` is the CPU "
         "time (user + system) the server's processes used during the load, per request completed, median of the "
         "rounds: it counts every thread (the event loop, the workers, a Rust core's I/O threads) and moves far less "
-        "than requests/s on a shared machine.",
+        "than requests/s on a shared machine." + _steal_phrase(meta),
         "",
     ]
     for case in cases:
@@ -622,6 +651,11 @@ def readme_section(payload: dict) -> str:
             f" A bare uvloop + httptools server with no WSGI call and no thread hop does {ceiling['rps']:,.0f} "
             "req/s here."
             if ceiling
+            else ""
+        )
+        + (
+            f" The hypervisor gave {meta['steal_pct']}% of the CPUs' time to other guests during the run (steal)."
+            if "steal_pct" in meta
             else ""
         )
     )
@@ -782,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     raw: dict[str, dict[str, list[Result]]] = {c.name: {} for c in cases}
+    jiffies = _cpu_jiffies()
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(rounds):
             for case in cases:
@@ -804,9 +839,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"round {rnd + 1} {case.name:11} {spec.name:15} {r.rps:>10,.0f} req/s  "
                         f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  cpu {r.cpu_us_per_req} us/req  "
-                        f"rss {r.peak_rss_mib} MiB",
+                        f"rss {r.peak_rss_mib} MiB  steal {r.steal_pct}%",
                         flush=True,
                     )
+    meta["steal_pct"] = f"{_steal_pct(jiffies, _cpu_jiffies()):g}"
     results = {c: {s: _median_result(rs) for s, rs in by.items()} for c, by in raw.items()}
     text = report(results, specs, cases, meta)
     (out / "latest.md").write_text(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,3 +89,19 @@ def test_reported_cpu_per_request_is_the_median_of_the_rounds() -> None:
     header, _, row = text.split("## hello")[1].strip().splitlines()[2:5]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[header.strip("|").split("|").index(" CPU us/req ")] == "20.0"
+
+
+def test_steal_is_read_from_the_machine_and_reported() -> None:
+    before = bench_run._cpu_jiffies()
+    t = time.process_time()
+    while time.process_time() - t < 0.05:  # bounded: 50 ms of CPU, so the machine's clock moves
+        pass
+    after = bench_run._cpu_jiffies()
+    assert 0 <= before[0] <= after[0] and before[1] < after[1]
+    assert 0.0 <= bench_run._steal_pct(before, after) <= 100.0
+    assert bench_run._steal_pct((10, 1000), (30, 1100)) == 20.0
+    assert bench_run._steal_pct((0, 0), (0, 0)) == 0.0  # /proc/stat unreadable: no figure, not an error
+    meta = {"date": "2026-01-01", "machine": "test", "rounds": "1", "duration": "5", "steal_pct": "12.5"}
+    assert "gave 12.5% of the CPUs' time to other guests" in bench_run.report({}, [], [], meta)
+    del meta["steal_pct"]  # results from before steal was measured
+    assert "guests" not in bench_run.report({}, [], [], meta)
