@@ -63,7 +63,8 @@ WSGIApp = Callable[..., Iterable[bytes]]
 
 
 def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) -> WSGIToASGI:
-    """Wrap the WSGI ``app`` as an ASGI 3 application whose WSGI calls run on up to ``threads`` threads."""
+    """Wrap the WSGI ``app`` as an ASGI 3 application whose WSGI calls run on up to ``threads`` threads (per event
+    loop serving it: a loop that has ended lets its threads go when the next one starts)."""
     return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
 
 
@@ -87,36 +88,43 @@ class WSGIToASGI:
         self.app = app
         self.threads = threads
         self._idle_timeout = thread_idle_timeout
-        self._pool: ThreadPool | None = None
-        # Per running loop: the channel workers post through (kept with a strong reference to its loop, so an id is
-        # never reused for another), and environ bases per (server, scheme, root_path). Both small and bounded.
-        self._channels: dict[int, tuple[object, LoopChannel]] = {}
+        # Per running loop: its channel and thread pool (kept with a strong reference to the loop, so an id is never
+        # reused for another), and environ bases per (server, scheme, root_path). Both small and bounded.
+        self._sides: dict[int, _LoopSide] = {}
         self._bases: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    @property
-    def pool(self) -> ThreadPool:
-        if self._pool is None:
-            schedule = None
-            try:
-                schedule = asyncio.get_running_loop().call_later  # adaptive growth, as in the server
-            except RuntimeError:
-                pass  # trio: threads start whenever a request finds none idle
-            self._pool = ThreadPool(
-                self.threads, self._idle_timeout, name="asyncwsgi-asgi", eager_threads=4, schedule=schedule
-            )
-        return self._pool
-
-    def loop_side(self) -> tuple[object, LoopChannel]:
-        """The running loop (an asyncio loop, or trio's token) and the channel its workers post through."""
+    def loop_side(self) -> _LoopSide:
+        """What the running loop (an asyncio loop, or trio's token) uses: made on its first request."""
+        try:
+            running: object = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:  # the usual case, looked up without making anything
+            side = self._sides.get(id(running))
+            if side is not None and side.owner is running:
+                return side
         owner, call_soon_threadsafe, call_soon = _running_loop()
-        entry = self._channels.get(id(owner))
-        if entry is not None and entry[0] is owner:
-            return entry
-        channel = LoopChannel(call_soon_threadsafe, call_soon)
-        if len(self._channels) >= 16:
-            self._channels.clear()
-        self._channels[id(owner)] = entry = (owner, channel)
-        return entry
+        side = self._sides.get(id(owner))
+        if side is not None and side.owner is owner:
+            return side
+        # Loops that have ended (an application run more than once, one asyncio.run() per test) let their threads go.
+        for key, old in list(self._sides.items()):
+            if len(self._sides) >= 16 or (old.aio is not None and old.aio.is_closed()):
+                del self._sides[key]
+                old.pool.shutdown()
+        aio = owner if isinstance(owner, asyncio.AbstractEventLoop) else None
+        pool = ThreadPool(
+            self.threads,
+            self._idle_timeout,
+            name="asyncwsgi-asgi",
+            eager_threads=4,
+            # asyncio: adaptive growth, and requests handed over in batches on a saturated CPU, as in the server;
+            # trio: threads start whenever a request finds none idle, each request handed over at once
+            schedule=aio.call_later if aio is not None else None,
+            defer=aio.call_soon if aio is not None else None,
+        )
+        self._sides[id(owner)] = side = _LoopSide(owner, LoopChannel(call_soon_threadsafe, call_soon), aio, pool)
+        return side
 
     def environ_base(self, server: Any, scheme: str, root_path: str) -> dict[str, Any]:
         key = (server, scheme, root_path)
@@ -130,9 +138,9 @@ class WSGIToASGI:
     def close(self) -> None:
         """Stop the adapter's idle threads (busy ones finish their request first). Lifespan shutdown does this;
         call it yourself when the adapter is mounted where lifespan events do not reach it (a Starlette ``Mount``)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        sides, self._sides = self._sides, {}
+        for side in sides.values():
+            side.pool.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -157,6 +165,20 @@ class WSGIToASGI:
                 self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class _LoopSide:
+    """What the adapter keeps per event loop it serves on: the channel its workers post through, and its own thread
+    pool, whose growth checks and batching run on that loop. Not shared between loops: a pool's jobs are submitted
+    from one thread, and one bound to a loop that has ended would schedule its checks on a closed loop."""
+
+    __slots__ = ("aio", "channel", "owner", "pool")
+
+    def __init__(self, owner: object, channel: LoopChannel, aio: asyncio.AbstractEventLoop | None, pool: ThreadPool):
+        self.owner = owner  # the asyncio loop, or trio's token
+        self.channel = channel
+        self.aio = aio  # the asyncio loop, or None under trio
+        self.pool = pool
 
 
 def _head_from_scope(scope: Scope) -> RequestHead:
@@ -210,9 +232,10 @@ class _Exchange:
         self.environ_base = {**base, "asgi.scope": scope}
         self._client_gone = False
         self.head = head = _head_from_scope(scope)
-        loop, self.channel = adapter.loop_side()
         #: the asyncio loop, or None under another loop (trio), where anyio's primitives are used
-        self._loop: asyncio.AbstractEventLoop | None = loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+        self.side = side = adapter.loop_side()
+        self.channel = side.channel
+        self._loop: asyncio.AbstractEventLoop | None = side.aio
         self.flow = WriteFlow(ASGI_HIGH_WATER)
         # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body (RFC 9112 section 6.3); HTTP/2 and 3
         # carry bodies without saying so in a header.
@@ -280,7 +303,7 @@ class _Exchange:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.pump, receive)
                 try:
-                    await self._respond(call, send)
+                    await self.deliver(call, send)
                 finally:
                     tg.cancel_scope.cancel()
             return
@@ -288,7 +311,7 @@ class _Exchange:
         if self.input is not None or self._continue is not None:
             self._start_pump()
         try:
-            await self._respond(call, send)
+            await self.deliver(call, send)
         finally:
             pump, self._pump_task, self._receive = self._pump_task, None, None
             if pump is not None:
@@ -301,14 +324,44 @@ class _Exchange:
         if self._pump_task is None and self._loop is not None and self._receive is not None:
             self._pump_task = self._loop.create_task(self.pump(self._receive))
 
-    async def _respond(self, call: ASGICall, send: Send) -> None:
-        self.adapter.pool.submit(call.run, None)
+    async def deliver(self, call: ASGICall, send: Send) -> None:
+        """Start the call on a worker, then ``send()`` what it posts, in order, until the end of the response. One
+        coroutine, awaiting the waiter itself: each level of coroutines is made per request and passed through on
+        every resumption."""
+        self.side.pool.submit(call.context.run, call.run_in_context)  # as the server does: no frame of ours between
+        pending = self._pending
+        loop = self._loop
         try:
-            await self.deliver(send)
+            while True:
+                if self._failure is not None:
+                    raise self._failure
+                if not pending:
+                    if loop is not None:
+                        self._wakeup = waiter = loop.create_future()
+                        await waiter
+                    else:
+                        self._wakeup = waiter = self._waiter()
+                        await waiter.wait()
+                    continue
+                kind, messages = pending.popleft()
+                if kind == "data" and self._pump_task is None:
+                    self._start_pump()  # the response streams: from now on a client that leaves must stop the app
+                if kind == "abort":
+                    if self._client_gone:
+                        return  # the worker stopped because the client left: nothing to send, nobody to tell
+                    # The app failed after its response started: only the server can still say so, by cutting it.
+                    raise RuntimeError("the WSGI application failed after its response had started (see the log)")
+                size = 0
+                for message in messages:
+                    await send(message)
+                    size += len(message.get("body", b""))
+                self.flow.wrote(size)
+                if kind == "end":
+                    return
         finally:
             self._gone("the response ended")
             self._ended = True
-            self._pending.clear()
+            pending.clear()
             # The stream calls back into this exchange (_from_worker): let go of it, so no cycle keeps the exchange
             # and the body until the cyclic collector runs (the worker keeps its own reference while it needs it).
             self.input = None
@@ -378,7 +431,10 @@ class _Exchange:
         if self._ended:
             return  # the response was cut (send() failed, the task was cancelled): nobody will take it
         self._pending.append(item)
-        self._wake()
+        waiter = self._wakeup  # _wake(), inline: once per message
+        if waiter is not None:
+            self._wakeup = None
+            self._fire(waiter)
 
     def _wake(self) -> None:
         waiter = self._wakeup
@@ -400,31 +456,6 @@ class _Exchange:
 
     def on_call_closed(self, token: list[None]) -> None:  # never called: one call per exchange, nothing waits on it
         pass
-
-    async def deliver(self, send: Send) -> None:
-        pending = self._pending
-        while True:
-            if self._failure is not None:
-                raise self._failure
-            if not pending:
-                self._wakeup = waiter = self._waiter()
-                await self._wait(waiter)
-                continue
-            kind, messages = pending.popleft()
-            if kind == "data" and self._pump_task is None:
-                self._start_pump()  # the response streams: from now on a client that leaves must stop the app
-            if kind == "abort":
-                if self._client_gone:
-                    return  # the worker stopped because the client left: nothing to send, nobody to tell
-                # The app failed after its response started: only the server can still say so, by cutting it.
-                raise RuntimeError("the WSGI application failed after its response had started (see the log)")
-            size = 0
-            for message in messages:
-                await send(message)
-                size += len(message.get("body", b""))
-            self.flow.wrote(size)
-            if kind == "end":
-                return
 
 
 class ASGICall(WSGICall):

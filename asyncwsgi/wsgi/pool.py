@@ -132,6 +132,11 @@ class ThreadPool:
         return len(self._threads)
 
     @property
+    def busy(self) -> int:
+        """Threads alive and not parked: running a job, or on their way to one or to park."""
+        return len(self._threads) - len(self._idle)
+
+    @property
     def queued(self) -> int:
         """Jobs waiting for a thread."""
         return len(self._queue) + len(self._held)

@@ -1042,11 +1042,11 @@ async def test_send_failing_mid_response_raises_closes_and_logs_no_loop_error(ca
         with pytest.raises(OSError, match="connection reset"):
             await adapter(scope, receive, send)
         assert await asyncio.to_thread(closed.wait, TIMEOUT), "the iterable was not closed after the cut"
-        pool = adapter.pool
+        pool = adapter.loop_side().pool
         deadline = time.monotonic() + TIMEOUT
-        while len(pool._idle) < pool.threads and time.monotonic() < deadline:  # the worker's call has returned
+        while pool.busy and time.monotonic() < deadline:  # the worker's call has returned
             await asyncio.sleep(0.01)
-        assert len(pool._idle) == pool.threads, "the worker did not finish"
+        assert pool.busy == 0, "the worker did not finish"
         for _ in range(3):  # then the loop handles what it posted on the way out
             await asyncio.sleep(0)
     finally:
@@ -1175,9 +1175,61 @@ async def test_a_finished_request_is_freed_without_the_cyclic_collector(
         await adapter(scope, receive, send)
         for _ in range(5):  # the pump task, if any, handles its cancellation
             await asyncio.sleep(0)
+        # The worker posts the end of the response before it lets go of its job (which holds the call, which holds
+        # the exchange): wait until it has parked.
+        pool = adapter.loop_side().pool
+        deadline = time.monotonic() + TIMEOUT
+        while pool.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert pool.busy == 0
         assert sent[-1]["body"] == body
         assert len(made) == 1
         assert made[0]() is None, "the exchange outlived its request (a reference cycle)"
     finally:
         gc.enable()
+        adapter.close()
+
+
+def test_one_adapter_serves_one_event_loop_after_another() -> None:
+    """An adapter made once (at import, as a framework's app object is) and served by one event loop after another
+    (asyncio.run() per test, an application restarted in-process): each loop gets threads of its own; those of a loop
+    that has ended stop. Bound to the first loop, the pool scheduled its growth check on that closed loop, and the
+    second loop's requests failed with 'Event loop is closed' once more than a few waited for a thread."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        time.sleep(0.01)  # requests overlap: more wait than the few threads started at once
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    adapter = to_asgi(validator(app), threads=32)
+    pools = []
+
+    async def many(n: int) -> list[int]:
+        async def one() -> int:
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+            await adapter(scope, receive, send)
+            return int(sent[0]["status"])
+
+        statuses = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), TIMEOUT)
+        pools.append(adapter.loop_side().pool)
+        return list(statuses)
+
+    try:
+        assert asyncio.run(many(40)) == [200] * 40
+        assert asyncio.run(many(40)) == [200] * 40
+        assert pools[0] is not pools[1]
+        first = pools[0]
+        deadline = time.monotonic() + TIMEOUT
+        while first.threads and time.monotonic() < deadline:  # shut down when the second loop came: they stop
+            time.sleep(0.01)
+        assert first.threads == 0
+    finally:
         adapter.close()
