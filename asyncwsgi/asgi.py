@@ -107,11 +107,17 @@ class WSGIToASGI:
         side = self._sides.get(id(owner))
         if side is not None and side.owner is owner:
             return side
-        # Loops that have ended (an application run more than once, one asyncio.run() per test) let their threads go.
+        # The sides of loops that have ended (an application run more than once, one asyncio.run() per test) let
+        # their threads go: a closed asyncio loop's at once; past 16 sides, those of loops not running now (their
+        # held requests handed over first: nothing else will) and of trio runs (whose pools hold nothing).
         for key, old in list(self._sides.items()):
-            if len(self._sides) >= 16 or (old.aio is not None and old.aio.is_closed()):
-                del self._sides[key]
-                old.pool.shutdown()
+            aio = old.aio
+            if aio is None or not aio.is_closed():
+                if len(self._sides) < 16 or (aio is not None and aio.is_running()):
+                    continue
+                old.pool.flush()
+            del self._sides[key]
+            old.pool.shutdown()
         aio = owner if isinstance(owner, asyncio.AbstractEventLoop) else None
         pool = ThreadPool(
             self.threads,
@@ -140,6 +146,7 @@ class WSGIToASGI:
         call it yourself when the adapter is mounted where lifespan events do not reach it (a Starlette ``Mount``)."""
         sides, self._sides = self._sides, {}
         for side in sides.values():
+            side.pool.flush()  # a request submitted in this loop iteration is still answered
             side.pool.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,9 +239,9 @@ class _Exchange:
         self.environ_base = {**base, "asgi.scope": scope}
         self._client_gone = False
         self.head = head = _head_from_scope(scope)
-        #: the asyncio loop, or None under another loop (trio), where anyio's primitives are used
         self.side = side = adapter.loop_side()
         self.channel = side.channel
+        #: the asyncio loop, or None under another loop (trio), where anyio's primitives are used
         self._loop: asyncio.AbstractEventLoop | None = side.aio
         self.flow = WriteFlow(ASGI_HIGH_WATER)
         # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body (RFC 9112 section 6.3); HTTP/2 and 3

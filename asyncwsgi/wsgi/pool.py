@@ -171,6 +171,12 @@ class ThreadPool:
         if not self._shutdown:  # else the server stopped before they could start; their connections are gone
             self._hand_over(held)
 
+    def flush(self) -> None:
+        """Hand over now the jobs held for the end of this loop iteration: before ``shutdown``, when the submitters
+        still wait for them (jobs queued when the pool shuts down still run; held ones would be dropped)."""
+        if self._held and not self._shutdown:
+            self._release()
+
     def _unserved(self) -> int:
         """Jobs queued beyond what idle, woken and starting threads will take (held jobs count: they will be queued)."""
         return len(self._queue) + len(self._held) - len(self._idle) - self._waking - len(self._starting)

@@ -43,7 +43,7 @@ import pytest
 from asyncwsgi import to_asgi
 from asyncwsgi.wsgi.input import BODY_HIGH_WATER
 
-from ..helpers import RawClient
+from ..helpers import RawClient, wait_until
 from .conftest import ASGIServer, ServerFactory
 
 StartServer = Callable[..., ASGIServer]
@@ -1233,3 +1233,74 @@ def test_one_adapter_serves_one_event_loop_after_another() -> None:
         assert first.threads == 0
     finally:
         adapter.close()
+
+
+@pytest.mark.asyncio
+async def test_close_in_the_loop_iteration_of_a_held_request_still_answers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a saturated CPU the adapter's pool holds the requests of a loop iteration until the iteration ends;
+    close() (a lifespan shutdown, or the application's own) in that iteration hands them over first: dropped by the
+    shutdown, the request would wait for an answer that never comes."""
+    from asyncwsgi.wsgi import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "SAMPLE_INTERVAL", 0.0)  # sample at every submit
+    cpu = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(pool_module.time, "process_time", lambda: float(next(cpu)))  # always saturated
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    adapter = to_asgi(validator(app))
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+    task = asyncio.create_task(adapter(scope, receive, send))
+    await asyncio.sleep(0)  # the task submits its call (held); this coroutine resumes before the hand-over runs
+    pool = adapter.loop_side().pool
+    assert pool.queued == 1 and pool.threads == 0, "the request was not held"
+    adapter.close()
+    await asyncio.wait_for(task, TIMEOUT)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200
+
+
+def test_sides_of_loops_left_unclosed_are_bounded() -> None:
+    """An application that makes event loops and never closes them does not keep a pool (and its threads) per loop
+    for good: past 16, those of loops not running are let go."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    adapter = to_asgi(validator(app), threads=2)
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+
+    async def one() -> tuple[int, Any]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(adapter(dict(scope), receive, send), TIMEOUT)
+        return int(sent[0]["status"]), adapter.loop_side().pool
+
+    loops = [asyncio.new_event_loop() for _ in range(20)]
+    try:
+        results = [loop.run_until_complete(one()) for loop in loops]  # none closed
+        assert [status for status, _ in results] == [200] * 20
+        first = results[0][1]
+        assert wait_until(lambda: first.threads == 0, timeout=TIMEOUT), "the first loop's threads were kept"
+        assert len(adapter._sides) <= 16
+    finally:
+        adapter.close()
+        for loop in loops:
+            loop.close()

@@ -16,6 +16,8 @@ import pytest
 from asyncwsgi.wsgi import pool as pool_module
 from asyncwsgi.wsgi.pool import ThreadPool
 
+from ..helpers import wait_until
+
 
 class ManualScheduler:
     """Stands in for ``loop.call_later``: records what the pool asks to run, runs it when the test says."""
@@ -265,6 +267,27 @@ def test_jobs_held_when_the_pool_shuts_down_are_dropped(
     deferred.end_iteration()  # must neither raise nor run the job
     assert pool.threads == 0
     assert not ran.is_set()
+
+
+def test_jobs_flushed_before_the_pool_shuts_down_still_run(
+    monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
+) -> None:
+    """What to_asgi's close() does: its requests still wait for their held jobs, so they are handed over first."""
+    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
+    deferred = Deferred()
+    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    done = threading.Semaphore(0)
+    job = _counting_job(done)
+    for _ in range(3):
+        pool.submit(job, None)
+    assert pool.threads == 0 and pool.queued == 3  # held
+    pool.flush()
+    pool.shutdown()
+    deferred.end_iteration()  # the scheduled hand-over finds nothing left to hand over
+    for _ in range(3):
+        assert done.acquire(timeout=5), "a flushed job never ran"
+    assert wait_until(lambda: pool.threads == 0, timeout=5.0), "threads left after shutdown"
+    pool.flush()  # after shutdown: nothing, and no error
 
 
 def test_batched_hand_over_serves_keep_alive_and_pipelined_clients(  # type: ignore[no-untyped-def]
