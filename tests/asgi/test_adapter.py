@@ -1190,6 +1190,27 @@ async def test_a_finished_request_is_freed_without_the_cyclic_collector(
         adapter.close()
 
 
+def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+async def _get(adapter: Any) -> list[dict[str, Any]]:
+    """One GET through the adapter, called directly as an ASGI server would: the messages it sent (callers bound it
+    in time)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+    await adapter(scope, receive, send)
+    return sent
+
+
 def test_one_adapter_serves_one_event_loop_after_another() -> None:
     """An adapter made once (at import, as a framework's app object is) and served by one event loop after another
     (asyncio.run() per test, an application restarted in-process): each loop gets threads of its own; those of a loop
@@ -1198,39 +1219,22 @@ def test_one_adapter_serves_one_event_loop_after_another() -> None:
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         time.sleep(0.01)  # requests overlap: more wait than the few threads started at once
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-        return [b"ok"]
+        return _ok(environ, start_response)
 
     adapter = to_asgi(validator(app), threads=32)
     pools = []
 
     async def many(n: int) -> list[int]:
-        async def one() -> int:
-            sent: list[dict[str, Any]] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                sent.append(message)
-
-            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
-            await adapter(scope, receive, send)
-            return int(sent[0]["status"])
-
-        statuses = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), TIMEOUT)
+        answers = await asyncio.wait_for(asyncio.gather(*(_get(adapter) for _ in range(n))), TIMEOUT)
         pools.append(adapter.loop_side().pool)
-        return list(statuses)
+        return [int(sent[0]["status"]) for sent in answers]
 
     try:
         assert asyncio.run(many(40)) == [200] * 40
         assert asyncio.run(many(40)) == [200] * 40
         assert pools[0] is not pools[1]
         first = pools[0]
-        deadline = time.monotonic() + TIMEOUT
-        while first.threads and time.monotonic() < deadline:  # shut down when the second loop came: they stop
-            time.sleep(0.01)
-        assert first.threads == 0
+        assert wait_until(lambda: first.threads == 0, timeout=TIMEOUT), "the ended loop's threads were kept"
     finally:
         adapter.close()
 
@@ -1245,27 +1249,13 @@ async def test_close_in_the_loop_iteration_of_a_held_request_still_answers_it(mo
     monkeypatch.setattr(pool_module, "SAMPLE_INTERVAL", 0.0)  # sample at every submit
     cpu = iter(range(0, 10**9, 1000))
     monkeypatch.setattr(pool_module.time, "process_time", lambda: float(next(cpu)))  # always saturated
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-        return [b"ok"]
-
-    adapter = to_asgi(validator(app))
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
-    task = asyncio.create_task(adapter(scope, receive, send))
+    adapter = to_asgi(validator(_ok))
+    task = asyncio.create_task(_get(adapter))
     await asyncio.sleep(0)  # the task submits its call (held); this coroutine resumes before the hand-over runs
     pool = adapter.loop_side().pool
     assert pool.queued == 1 and pool.threads == 0, "the request was not held"
     adapter.close()
-    await asyncio.wait_for(task, TIMEOUT)
+    sent = await asyncio.wait_for(task, TIMEOUT)
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 200
 
@@ -1273,24 +1263,10 @@ async def test_close_in_the_loop_iteration_of_a_held_request_still_answers_it(mo
 def test_sides_of_loops_left_unclosed_are_bounded() -> None:
     """An application that makes event loops and never closes them does not keep a pool (and its threads) per loop
     for good: past 16, those of loops not running are let go."""
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-        return [b"ok"]
-
-    adapter = to_asgi(validator(app), threads=2)
-    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+    adapter = to_asgi(validator(_ok), threads=2)
 
     async def one() -> tuple[int, Any]:
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await asyncio.wait_for(adapter(dict(scope), receive, send), TIMEOUT)
+        sent = await asyncio.wait_for(_get(adapter), TIMEOUT)
         return int(sent[0]["status"]), adapter.loop_side().pool
 
     loops = [asyncio.new_event_loop() for _ in range(20)]
