@@ -465,6 +465,13 @@ class _Exchange:
         pass
 
 
+#: ASGI header lists (lowercased names, latin-1 bytes) of the response header lists start_response has checked, by
+#: the checked tuple (the same few, over and over: start_response hands out the same tuple for an equal list). Bounded
+#: in count and in each list's size; emptied when full. Read and written by worker threads (single dict operations).
+_ASGI_HEADERS: dict[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes], ...]] = {}
+_ASGI_HEADERS_MAX = 2048
+
+
 class ASGICall(WSGICall):
     """A ``WSGICall`` whose response goes out as ASGI messages instead of HTTP/1.1 bytes."""
 
@@ -472,7 +479,15 @@ class ASGICall(WSGICall):
 
     def _start_message(self, body_length: int | None) -> Message:
         status = self._status or "500 Internal Server Error"
-        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self._headers]
+        source = self._headers
+        encoded = _ASGI_HEADERS.get(source) if type(source) is tuple else None
+        if encoded is None:
+            encoded = tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in source)
+            if type(source) is tuple and sum(len(name) + len(value) for name, value in encoded) <= _ASGI_HEADERS_MAX:
+                if len(_ASGI_HEADERS) >= 512:
+                    _ASGI_HEADERS.clear()  # the app's responses changed (or never repeat): start over
+                _ASGI_HEADERS[source] = encoded
+        headers = list(encoded)  # a list of its own: an ASGI middleware may add to it
         head = self.head.method == "HEAD"
         if (
             self._content_length is None

@@ -1280,3 +1280,23 @@ def test_sides_of_loops_left_unclosed_are_bounded() -> None:
         adapter.close()
         for loop in loops:
             loop.close()
+
+
+@pytest.mark.asyncio
+async def test_each_response_gets_a_header_list_of_its_own() -> None:
+    """The encoded header list is remembered per response header list; what an ASGI middleware adds to one
+    response's list (Starlette's MutableHeaders appends in place) must not show up in the next response."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Kind", "Same"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    adapter = to_asgi(validator(app))
+    try:
+        first = await asyncio.wait_for(_get(adapter), TIMEOUT)
+        first[0]["headers"].append((b"x-added", b"by middleware"))
+        second = await asyncio.wait_for(_get(adapter), TIMEOUT)
+    finally:
+        adapter.close()
+    assert second[0]["headers"] == [(b"content-type", b"text/plain"), (b"x-kind", b"Same"), (b"content-length", b"2")]
+    assert first[0]["headers"] is not second[0]["headers"]
