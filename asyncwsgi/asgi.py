@@ -9,7 +9,9 @@ What is shared with the server: ``WSGICall`` (start_response, exc_info, headers 
 ``WriteFlow`` (backpressure), ``LoopChannel`` and ``ThreadPool``. What differs is only the framing: ``ASGICall``
 produces ASGI messages where the server's call produces HTTP/1.1 bytes.
 
-Threads and tasks: the app runs on a worker thread of the adapter's pool. On the event loop, per request, one task
+Threads and tasks: the app runs on a worker thread of the adapter's pool for the running event loop (one pool and
+one ``LoopChannel`` per loop that serves the adapter, made on its first request: a pool's growth checks and batching
+run on its loop, and its jobs are submitted from that loop's thread only). On the event loop, per request, one task
 (``_Exchange.pump``) feeds ``receive()`` into ``wsgi.input`` and watches for ``http.disconnect``, and the request's own
 coroutine (``_Exchange.deliver``) awaits ``send()`` for each message the worker posted; ``send()`` completing is the
 backpressure. On asyncio a request without a body starts the pump only once its response streams (a first message
