@@ -118,8 +118,8 @@ class WSGIToASGI:
                 if len(self._sides) < 16 or (aio is not None and aio.is_running()):
                     continue
                 old.pool.flush()
-            del self._sides[key]
-            old.pool.shutdown()
+            if self._sides.pop(key, None) is old:  # not already let go by another loop's thread
+                old.pool.shutdown()
         aio = owner if isinstance(owner, asyncio.AbstractEventLoop) else None
         pool = ThreadPool(
             self.threads,
