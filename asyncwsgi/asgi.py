@@ -93,6 +93,7 @@ class WSGIToASGI:
         # Per running loop: its channel and thread pool (kept with a strong reference to the loop, so an id is never
         # reused for another), and environ bases per (server, scheme, root_path). Both small and bounded.
         self._sides: dict[int, _LoopSide] = {}
+        self._shared: ThreadPool | None = None
         self._bases: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def loop_side(self) -> _LoopSide:
@@ -110,29 +111,42 @@ class WSGIToASGI:
         if side is not None and side.owner is owner:
             return side
         # The sides of loops that have ended (an application run more than once, one asyncio.run() per test) let
-        # their threads go: a closed asyncio loop's at once; past 16 sides, those of loops not running now (their
-        # held requests handed over first: nothing else will) and of trio runs (whose pools hold nothing).
+        # their threads go: a closed asyncio loop's at once; past 16 sides, those of asyncio loops not running now
+        # (their held requests handed over first: nothing else will) and trio runs' (their channel only: the pool
+        # they use is shared).
         for key, old in list(self._sides.items()):
-            aio = old.aio
-            if aio is None or not aio.is_closed():
-                if len(self._sides) < 16 or (aio is not None and aio.is_running()):
+            old_aio = old.aio
+            if old_aio is None:
+                if len(self._sides) < 16:
                     continue
-                old.pool.flush()
-            if self._sides.pop(key, None) is old:  # not already let go by another loop's thread
-                old.pool.shutdown()
+            elif not old_aio.is_closed() and (len(self._sides) < 16 or old_aio.is_running()):
+                continue
+            if self._sides.pop(key, None) is old and old_aio is not None:  # not already let go by another thread
+                _retire(old)
         aio = owner if isinstance(owner, asyncio.AbstractEventLoop) else None
-        pool = ThreadPool(
-            self.threads,
-            self._idle_timeout,
-            name="asyncwsgi-asgi",
-            eager_threads=4,
-            # asyncio: adaptive growth, and requests handed over in batches on a saturated CPU, as in the server;
-            # trio: threads start whenever a request finds none idle, each request handed over at once
-            schedule=aio.call_later if aio is not None else None,
-            defer=aio.call_soon if aio is not None else None,
-        )
+        if aio is not None:
+            # adaptive growth, and requests handed over in batches on a saturated CPU, as in the server
+            pool = ThreadPool(
+                self.threads,
+                self._idle_timeout,
+                name="asyncwsgi-asgi",
+                eager_threads=4,
+                schedule=aio.call_later,
+                defer=aio.call_soon,
+            )
+        else:
+            pool = self._shared_pool()
         self._sides[id(owner)] = side = _LoopSide(owner, LoopChannel(call_soon_threadsafe, call_soon), aio, pool)
         return side
+
+    def _shared_pool(self) -> ThreadPool:
+        """The pool of every loop that is not asyncio's (trio): nothing in it is bound to a loop (threads start
+        whenever a request finds none idle; each request is handed over at once), so one serves all, and a trio
+        run that ends leaves no pool of its own behind."""
+        pool = self._shared
+        if pool is None:
+            pool = self._shared = ThreadPool(self.threads, self._idle_timeout, name="asyncwsgi-asgi", eager_threads=4)
+        return pool
 
     def environ_base(self, server: Any, scheme: str, root_path: str) -> dict[str, Any]:
         key = (server, scheme, root_path)
@@ -147,9 +161,24 @@ class WSGIToASGI:
         """Stop the adapter's idle threads (busy ones finish their request first). Lifespan shutdown does this;
         call it yourself when the adapter is mounted where lifespan events do not reach it (a Starlette ``Mount``)."""
         sides, self._sides = self._sides, {}
+        shared, self._shared = self._shared, None
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
         for side in sides.values():
-            side.pool.flush()  # a request submitted in this loop iteration is still answered
-            side.pool.shutdown()
+            aio = side.aio
+            if aio is None:
+                continue  # the shared pool, below
+            try:
+                if aio is not current and aio.is_running():
+                    aio.call_soon_threadsafe(_retire, side)  # a pool is only touched from its loop's thread
+                else:
+                    _retire(side)
+            except Exception:  # the loop closed meanwhile: its held requests are gone with it
+                side.pool.shutdown()
+        if shared is not None:
+            shared.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -188,6 +217,18 @@ class _LoopSide:
         self.channel = channel
         self.aio = aio  # the asyncio loop, or None under trio
         self.pool = pool
+
+
+def _retire(side: _LoopSide) -> None:
+    """Shut an asyncio side's pool down, on its loop's thread or while that loop is not running. The requests it
+    holds for the end of the loop iteration are handed over first (their coroutines still wait for them), unless the
+    loop is closed (then nothing waits)."""
+    assert side.aio is not None
+    try:
+        if not side.aio.is_closed():
+            side.pool.flush()
+    finally:
+        side.pool.shutdown()
 
 
 def _head_from_scope(scope: Scope) -> RequestHead:

@@ -297,6 +297,8 @@ class ThreadPool:
                     job = take()
                 except IndexError:
                     if self._shutdown:
+                        if queue_:
+                            continue  # queued (flushed) just now, as the pool shut down: still ours to run
                         return
                     idle.append(me)
                     # A job queued after we looked but before we were on the stack woke no thread if one was on its
@@ -317,7 +319,7 @@ class ThreadPool:
                                 continue
                         acquire()  # taken off the stack just now: the release is on its way
                     self._waking = False
-                    if me.stop:
+                    if me.stop and not queue_:
                         return
                     continue  # to the queue (a finishing thread may have taken the job: then we park again)
                 if queue_ and not self._waking:

@@ -1300,3 +1300,122 @@ async def test_each_response_gets_a_header_list_of_its_own() -> None:
         adapter.close()
     assert second[0]["headers"] == [(b"content-type", b"text/plain"), (b"x-kind", b"Same"), (b"content-length", b"2")]
     assert first[0]["headers"] is not second[0]["headers"]
+
+
+def test_close_from_another_thread_leaves_a_running_loop_its_own_pool_to_stop() -> None:
+    """close() on one thread (a lifespan shutdown of one server, an operator's thread) while another thread's loop
+    holds requests for the end of its iteration: they are handed over, and the pool shut down, on that loop's own
+    thread (asyncio's debug mode raises if anything of that loop is touched from another, as the hand-over did when
+    close() did it itself), and every request is answered."""
+    adapter = to_asgi(validator(_ok))
+    ready, closed = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    async def serve() -> None:
+        pool = results["pool"] = await _pool_of(adapter)
+        pool._batching = True  # as on a saturated CPU...
+        pool._sample_wall = time.monotonic() + 3600  # ...for good
+        pool._defer = lambda release: None  # and this loop's own hand-over never comes: only close() hands over
+        tasks = [asyncio.ensure_future(_get(adapter)) for _ in range(8)]  # more than the threads started at once
+        await asyncio.sleep(0)
+        results["held"] = pool.queued
+        ready.set()
+        deadline = time.monotonic() + TIMEOUT
+        while not closed.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        results["statuses"] = [sent[0]["status"] for sent in answers]
+
+    def run() -> None:
+        try:
+            asyncio.run(serve(), debug=True)
+        except BaseException as exc:  # reported below
+            results["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        assert results["held"] == 8
+        adapter.close()  # from this thread, while the other loop runs
+    finally:
+        closed.set()
+        thread.join(TIMEOUT)
+        adapter.close()
+    assert "error" not in results, results.get("error")
+    assert results["statuses"] == [200] * 8
+    first = results["pool"]
+    assert wait_until(lambda: first.threads == 0, timeout=TIMEOUT), "the pool was not shut down"
+
+
+def test_trio_runs_share_one_pool() -> None:
+    """A trio run has nothing a pool needs to be bound to: one pool serves them all, and a run that ends leaves no
+    threads of its own behind (a pool per run kept up to 16 x threads idle)."""
+    trio = pytest.importorskip("trio")
+    adapter = to_asgi(validator(_ok), threads=8)
+    pools = []
+
+    async def one() -> None:
+        sent: list[dict[str, Any]] = []
+
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await trio.sleep(TIMEOUT)  # the client stays until the response is done
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "query_string": b"", "headers": []}
+        with trio.fail_after(TIMEOUT):
+            await adapter(scope, receive, send)
+        assert sent[0]["status"] == 200
+        pools.append(adapter.loop_side().pool)
+
+    try:
+        for _ in range(3):
+            trio.run(one)
+        assert pools[0] is pools[1] is pools[2]
+    finally:
+        adapter.close()
+    assert wait_until(lambda: pools[0].threads == 0, timeout=TIMEOUT)
+
+
+def test_close_after_a_loop_closed_with_requests_held_stops_every_pool() -> None:
+    """A loop closed while its pool still held requests for the end of an iteration it never finished (nothing
+    waits for them any more): close() must not hand them over through that closed loop (it raised 'Event loop is
+    closed', and the pools after it were never shut down)."""
+    adapter = to_asgi(validator(_ok))
+    loop, other = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        held_pool = loop.run_until_complete(_pool_of(adapter))
+        held_pool._batching = True  # as on a saturated CPU...
+        held_pool._sample_wall = time.monotonic() + 3600  # ...for good
+        held_pool._defer = lambda release: None  # and the end of the iteration never comes
+
+        async def submit() -> Any:
+            tasks = [asyncio.ensure_future(_get(adapter)) for _ in range(8)]  # more than the threads started at once
+            await asyncio.sleep(0)  # the requests are submitted, and held
+            return tasks
+
+        tasks = loop.run_until_complete(submit())
+        assert held_pool.queued == 8
+        other_pool = other.run_until_complete(_pool_of(adapter))
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.close()
+        adapter.close()  # must not raise
+    finally:
+        other.close()
+        loop.close()
+    assert held_pool._shutdown and other_pool._shutdown, "a pool was not shut down"
+    assert wait_until(lambda: other_pool.threads == 0 and held_pool.threads == 0, timeout=TIMEOUT)
+
+
+async def _pool_of(adapter: Any) -> Any:
+    await asyncio.wait_for(_get(adapter), TIMEOUT)
+    return adapter.loop_side().pool

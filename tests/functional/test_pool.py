@@ -416,6 +416,26 @@ def test_a_job_queued_while_the_only_thread_is_between_two_steps_runs(line: str,
     assert wait_until(lambda: pool.threads == 0)
 
 
+def test_a_job_queued_as_the_pool_shuts_down_runs_on_the_thread_that_was_leaving() -> None:
+    """to_asgi's close() hands held requests over and shuts the pool down at once: a thread that had just found the
+    queue empty must look again before it leaves (it left, and the request waited for good)."""
+    pool = ThreadPool(1, 60.0, name=f"test-pool-{next(_names)}")
+    hold = _HoldWorker("if self._shutdown:")
+    first, second = threading.Event(), threading.Event()
+    try:
+        hold.start_thread(pool, lambda ev: ev.set(), first)
+        assert first.wait(5.0)
+        assert hold.reached.wait(5.0), "the worker never found the queue empty"
+        pool.submit(lambda ev: ev.set(), second)  # the pool is full: no new thread, none parked to wake
+        pool.shutdown()
+        hold.go.set()
+        assert second.wait(5.0), f"the job was stranded: {pool.threads} thread(s), {pool.queued} queued"
+    finally:
+        hold.go.set()
+        pool.shutdown()
+    assert wait_until(lambda: pool.threads == 0)
+
+
 def test_jobs_submitted_in_bursts_while_threads_park_all_run(make_pool):
     """Bursts of short jobs, so that jobs keep arriving while threads are on their way to park (the window where a
     job finds no parked thread but a thread is about to park): every job runs."""
