@@ -316,11 +316,13 @@ def _tree(pid: int) -> list[int]:
         if p in found:
             continue
         try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
         except OSError:
-            continue
+            continue  # gone
         found.append(p)
-        pids.extend(int(c) for c in children)
+        for task in tasks:  # a child started by any thread of p, not only its main one
+            with contextlib.suppress(OSError):
+                pids.extend(int(c) for c in (task / "children").read_text().split())
     return found
 
 
@@ -335,23 +337,31 @@ def _tree_rss_kib(pid: int) -> int:
 
 
 def _tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time used so far by ``pid`` and its descendants (each process's own, all its threads)."""
+    """User + system CPU time used so far by ``pid`` and its descendants: each process's own (all its threads) and
+    that of its children that have exited and been reaped (so a worker process that exits during the load still
+    counts, through its parent)."""
     ticks = 0
     for p in _tree(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime: fields 14-17 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_jiffies() -> tuple[int, int]:
-    """``(steal, total)``: time of all CPUs so far that the hypervisor gave to other guests, and all of it (the first
-    line of /proc/stat); ``(0, 0)`` where that cannot be read."""
+def _cpu_jiffies(cpus: tuple[str, ...] = (SERVER_CPU, LOAD_CPU)) -> tuple[int, int]:
+    """``(steal, total)``: time of the benchmark's CPUs so far that the hypervisor gave to other guests, and all of
+    it (their lines of /proc/stat: the machine's other CPUs, idle, would dilute it); ``(0, 0)`` where that cannot
+    be read."""
+    steal = total = 0
     with contextlib.suppress(OSError, ValueError):
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        if len(fields) == 8:  # user nice system idle iowait irq softirq steal
-            return fields[7], sum(fields)
-    return 0, 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, _, rest = line.partition(" ")
+            if name[3:] in cpus and name.startswith("cpu") and name != "cpu":
+                fields = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+                if len(fields) == 8:
+                    steal += fields[7]
+                    total += sum(fields)
+    return steal, total
 
 
 def _steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -571,8 +581,8 @@ def _steal_phrase(meta: dict[str, str]) -> str:
     if steal is None:
         return ""
     return (
-        f" The hypervisor gave {steal}% of the CPUs' time to other guests during the run (steal, /proc/stat); above a "
-        "few percent, rounds move by tens of percent and CPU per request rises with it."
+        f" The hypervisor gave {steal}% of the two CPUs' time to other guests during the run (steal, /proc/stat); "
+        "above a few percent, rounds move by tens of percent and CPU per request rises with it."
     )
 
 
@@ -654,7 +664,7 @@ def readme_section(payload: dict) -> str:
             else ""
         )
         + (
-            f" The hypervisor gave {meta['steal_pct']}% of the CPUs' time to other guests during the run (steal)."
+            f" The hypervisor gave {meta['steal_pct']}% of the two CPUs' time to other guests during the run (steal)."
             if "steal_pct" in meta
             else ""
         )

@@ -54,12 +54,15 @@ def test_cpu_time_counts_the_whole_process_tree() -> None:
         "print('burnt', flush=True)\n"
         "sys.stdin.read()"  # until the parent closes our stdin
     )
-    parent = (
-        "import subprocess, sys\n"
-        f"child = subprocess.Popen([sys.executable, '-c', {burner!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
-        "print(child.stdout.readline().decode().strip(), flush=True)\n"
-        "sys.stdin.read()\n"
-        "child.stdin.close(); child.stdout.close(); child.wait(10)"
+    parent = (  # the child is started by a thread other than the main one, alive all along: listed under it in /proc
+        "import subprocess, sys, threading\n"
+        "def run():\n"
+        f"    child = subprocess.Popen([sys.executable, '-c', {burner!r}],\n"
+        "                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        "    print(child.stdout.readline().decode().strip(), flush=True)\n"
+        "    sys.stdin.read()\n"
+        "    child.stdin.close(); child.stdout.close(); child.wait(10)\n"
+        "t = threading.Thread(target=run); t.start(); t.join(60)"
     )
     with subprocess.Popen(
         [sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -73,6 +76,29 @@ def test_cpu_time_counts_the_whole_process_tree() -> None:
             p.wait(10)
     assert 0.25 <= used < 5.0, used
     assert bench_run._tree_cpu_seconds(p.pid) == 0.0  # gone: nothing, not an error
+
+
+def test_cpu_time_of_a_child_that_exited_still_counts() -> None:
+    """A worker process that exits during the load (a server recycling its workers) took its CPU time with it from
+    the tree; once its parent has reaped it, the parent's children's time holds it."""
+    burner = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"  # bounded: 0.3 s
+    parent = (
+        "import subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-c', {burner!r}], check=True, timeout=30)\n"
+        "print('reaped', flush=True)\n"
+        "sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as p:
+        assert p.stdout is not None and p.stdin is not None
+        try:
+            assert p.stdout.readline().strip() == "reaped"
+            used = bench_run._tree_cpu_seconds(p.pid)
+        finally:
+            p.stdin.close()
+            p.wait(10)
+    assert used >= 0.25, used
 
 
 def test_reported_cpu_per_request_is_the_median_of_the_rounds() -> None:
@@ -102,6 +128,6 @@ def test_steal_is_read_from_the_machine_and_reported() -> None:
     assert bench_run._steal_pct((10, 1000), (30, 1100)) == 20.0
     assert bench_run._steal_pct((0, 0), (0, 0)) == 0.0  # /proc/stat unreadable: no figure, not an error
     meta = {"date": "2026-01-01", "machine": "test", "rounds": "1", "duration": "5", "steal_pct": "12.5"}
-    assert "gave 12.5% of the CPUs' time to other guests" in bench_run.report({}, [], [], meta)
+    assert "gave 12.5% of the two CPUs' time to other guests" in bench_run.report({}, [], [], meta)
     del meta["steal_pct"]  # results from before steal was measured
     assert "guests" not in bench_run.report({}, [], [], meta)
