@@ -807,8 +807,10 @@ def _body_app(environ: dict[str, Any], start_response: Any) -> Any:
         ("HEAD", "/declared", 200, "13"),
         ("HEAD", "/streamed", 200, None),
         ("GET", "/204", 204, None),
+        ("HEAD", "/204", 204, None),
         ("GET", "/304", 304, None),
         ("GET", "/304-listed", 304, None),
+        ("HEAD", "/304-listed", 304, None),
     ],
 )
 def test_responses_without_body(

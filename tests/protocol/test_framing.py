@@ -640,14 +640,17 @@ def _no_body_app(status: str, extra: list[bytes]) -> Callable[..., Any]:
     return app
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
 @pytest.mark.parametrize("wrapped", [True, False], ids=["conformant", "app-yields-a-body"])
-def test_no_body_statuses(server, raw, status, wrapped):
-    # Unwrapped, the app yields a body anyway: the server must drop it (RFC 9110 sections 15.3.5, 15.4.5).
+def test_no_body_statuses(server, raw, status, wrapped, method):
+    # Unwrapped, the app yields a body anyway: the server must drop it (RFC 9110 sections 15.3.5, 15.4.5), and say
+    # nothing of its length, for HEAD too (a HEAD's Content-Length is the GET's, and these have no content).
     app = validator(_no_body_app(status, [])) if wrapped else _no_body_app(status, [b"this must not be sent"])
     handle = server(app)
     client = raw(handle)
-    client.send(get("/") + get("/"))
+    request = f"{method} / HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    client.send(request + request)
     for _ in range(2):
         line, fields = parse_head(client.read_head())
         assert line == f"HTTP/1.1 {status}".encode()
