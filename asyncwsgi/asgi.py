@@ -65,8 +65,9 @@ WSGIApp = Callable[..., Iterable[bytes]]
 
 
 def to_asgi(app: WSGIApp, threads: int = 64, thread_idle_timeout: float = 60.0) -> WSGIToASGI:
-    """Wrap the WSGI ``app`` as an ASGI 3 application whose WSGI calls run on up to ``threads`` threads (per event
-    loop serving it: a loop that has ended lets its threads go when the next one starts)."""
+    """Wrap the WSGI ``app`` as an ASGI 3 application whose WSGI calls run on up to ``threads`` threads (per asyncio
+    loop serving it, and one pool shared by trio runs; a loop that has ended lets its threads go when the next one
+    starts)."""
     return WSGIToASGI(app, threads=threads, thread_idle_timeout=thread_idle_timeout)
 
 
