@@ -5,8 +5,10 @@
 Every server runs as one process pinned to CPU 0 and serves the same apps (``benchmarks/apps.py``) on loopback; wrk,
 pinned to CPU 1, drives it. Servers alternate A B C A B C over several rounds and the median of the rounds is
 reported per server and case: requests/s, p50 and p99 latency, errors, peak RSS of the server's process tree, and
-the CPU time (user + system) that tree used per request: a measure of efficiency that a shared or noisy machine
-moves far less than requests/s (a server with spare CPU and a slow loop shows it too).
+the CPU time (user + system) that tree used per request: what a request costs the server, every thread counted. A
+server that saturates its core does about one second of CPU per second, so there it is close to the inverse of
+requests/s and moves with it (a contended host makes every request dearer); where a server does not saturate its
+core (a thread-bound app, time lost waiting on locks or the GIL) it shows what requests/s alone does not.
 Results go to ``benchmarks/results/`` as ``latest.md``, ``latest.json`` and ``latest.png``.
 
 Peers come from the optional ``[bench]`` extra (gunicorn, waitress, uvicorn + a2wsgi, granian, hypercorn); a peer
@@ -597,8 +599,9 @@ def report(
         "`x asyncwsgi` is asyncwsgi's requests/s divided by that server's, round by round (the two ran minutes apart "
         "at most), median of the rounds; where a round failed, the ratio of the medians. `CPU us/req` is the CPU "
         "time (user + system) the server's processes used during the load, per request completed, median of the "
-        "rounds: it counts every thread (the event loop, the workers, a Rust core's I/O threads) and moves far less "
-        "than requests/s on a shared machine." + _steal_phrase(meta),
+        "rounds: it counts every thread (the event loop, the workers, a Rust core's I/O threads). A server that keeps "
+        "its core busy does about 1,000,000 / `CPU us/req` requests/s; one that does far fewer waits on something "
+        "(its threads, locks, the GIL)." + _steal_phrase(meta),
         "",
     ]
     for case in cases:
