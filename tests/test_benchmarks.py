@@ -64,18 +64,9 @@ def test_cpu_time_counts_the_whole_process_tree() -> None:
         "    child.stdin.close(); child.stdout.close(); child.wait(10)\n"
         "t = threading.Thread(target=run); t.start(); t.join(60)"
     )
-    with subprocess.Popen(
-        [sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as p:
-        assert p.stdout is not None and p.stdin is not None
-        try:
-            assert p.stdout.readline().strip() == "burnt"  # the child has used its 0.3 s and waits
-            used = bench_run._tree_cpu_seconds(p.pid)
-        finally:
-            p.stdin.close()
-            p.wait(10)
+    used, pid = _tree_cpu_when_ready(parent, "burnt")  # the child has used its 0.3 s and waits
     assert 0.25 <= used < 5.0, used
-    assert bench_run._tree_cpu_seconds(p.pid) == 0.0  # gone: nothing, not an error
+    assert bench_run._tree_cpu_seconds(pid) == 0.0  # gone: nothing, not an error
 
 
 def test_cpu_time_of_a_child_that_exited_still_counts() -> None:
@@ -88,17 +79,23 @@ def test_cpu_time_of_a_child_that_exited_still_counts() -> None:
         "print('reaped', flush=True)\n"
         "sys.stdin.read()"
     )
+    used, _ = _tree_cpu_when_ready(parent, "reaped")
+    assert used >= 0.25, used
+
+
+def _tree_cpu_when_ready(parent: str, ready: str) -> tuple[float, int]:
+    """Run ``parent`` (Python source) until it prints ``ready``; its tree's CPU time then, and its pid. It ends when
+    its stdin closes."""
     with subprocess.Popen(
         [sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as p:
         assert p.stdout is not None and p.stdin is not None
         try:
-            assert p.stdout.readline().strip() == "reaped"
-            used = bench_run._tree_cpu_seconds(p.pid)
+            assert p.stdout.readline().strip() == ready
+            return bench_run._tree_cpu_seconds(p.pid), p.pid
         finally:
             p.stdin.close()
             p.wait(10)
-    assert used >= 0.25, used
 
 
 def test_reported_cpu_per_request_is_the_median_of_the_rounds() -> None:
