@@ -536,9 +536,7 @@ class ASGICall(WSGICall):
         if (
             self._content_length is None
             and body_length is not None
-            # never for 1xx/204/304, HEAD included: a HEAD's length is the GET's, and these have no content
-            # (RFC 9110 section 8.6)
-            and (not self._no_body or (head and body_length and status[0] != "1" and status[:3] not in ("204", "304")))
+            and (not self._no_body or (head and body_length and self._status_has_content()))
         ):
             headers.append((b"content-length", str(body_length).encode("ascii")))
         if not self._keep_alive and self.head.keep_alive:

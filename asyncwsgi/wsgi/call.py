@@ -497,7 +497,7 @@ class WSGICall:
             keep_alive = False  # we never asked for the body (the client may or may not send it), or it broke off
         no_body = self._no_body
         if self._content_length is None and not (no_body and head.method != "HEAD"):
-            if body_length is not None and (body_length or not no_body):
+            if body_length is not None and (not no_body or (body_length and self._status_has_content())):
                 parts.append(f"Content-Length: {body_length}\r\n")
             elif no_body:
                 pass  # HEAD of a streamed body: the GET would be chunked; say nothing about the length
@@ -587,6 +587,15 @@ class WSGICall:
         if len(rest) < _SMALL:
             return head + rest
         return [head, rest]
+
+    def _status_has_content(self) -> bool:
+        """Whether the response's status allows content, hence a length: not 1xx, 204 or 304 (RFC 9110 section 8.6;
+        a HEAD's Content-Length is the one its GET would have). Asked only for HEAD, with a body length to give."""
+        status = self._status
+        if status is None:
+            return True  # the 500 of a failed app
+        no_body = _GOOD_STATUSES.get(status)
+        return not (_check_status(status) if no_body is None else no_body)
 
     def _frame_error(self) -> Any:
         """The payload of the 500 answered when the app failed before its head went out."""
