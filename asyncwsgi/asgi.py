@@ -482,10 +482,7 @@ class _Exchange:
         if self._ended:
             return  # the response was cut (send() failed, the task was cancelled): nobody will take it
         self._pending.append(item)
-        waiter = self._wakeup  # _wake(), inline: once per message
-        if waiter is not None:
-            self._wakeup = None
-            self._fire(waiter)
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._wakeup
