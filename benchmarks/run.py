@@ -355,10 +355,11 @@ def _cpu_jiffies(cpus: tuple[str, ...] = (SERVER_CPU, LOAD_CPU)) -> tuple[int, i
     it (their lines of /proc/stat: the machine's other CPUs, idle, would dilute it); ``(0, 0)`` where that cannot
     be read."""
     steal = total = 0
+    names = {f"cpu{c}" for c in cpus}
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/stat").read_text().splitlines():
             name, _, rest = line.partition(" ")
-            if name[3:] in cpus and name.startswith("cpu") and name != "cpu":
+            if name in names:
                 fields = [int(x) for x in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
                 if len(fields) == 8:
                     steal += fields[7]
@@ -577,15 +578,21 @@ def _paired_ratio(ours: Result, other: Result) -> float:
     return ours.rps / other.rps
 
 
-def _steal_phrase(meta: dict[str, str]) -> str:
-    """How much of the machine the hypervisor gave to other guests during the run (a virtual machine's noise)."""
+def _steal_sentence(meta: dict[str, str]) -> str:
+    """How much of the two CPUs the hypervisor gave to other guests during the run (a virtual machine's noise);
+    nothing for results from before it was measured."""
     steal = meta.get("steal_pct")
-    if steal is None:
-        return ""
     return (
-        f" The hypervisor gave {steal}% of the two CPUs' time to other guests during the run (steal, /proc/stat); "
-        "above a few percent, rounds move by tens of percent and CPU per request rises with it."
+        "" if steal is None else f" The hypervisor gave {steal}% of the two CPUs' time to other guests during the run."
     )
+
+
+def _steal_phrase(meta: dict[str, str]) -> str:
+    """The steal sentence, with what it means for the figures (the full report's intro)."""
+    sentence = _steal_sentence(meta)
+    if not sentence:
+        return ""
+    return sentence + " Above a few percent, rounds move by tens of percent and CPU per request rises with it."
 
 
 def report(
@@ -666,11 +673,7 @@ def readme_section(payload: dict) -> str:
             if ceiling
             else ""
         )
-        + (
-            f" The hypervisor gave {meta['steal_pct']}% of the two CPUs' time to other guests during the run (steal)."
-            if "steal_pct" in meta
-            else ""
-        )
+        + _steal_sentence(meta)
     )
     lines = [
         textwrap.fill(intro, 118, break_long_words=False, break_on_hyphens=False),
