@@ -174,7 +174,7 @@ class ThreadPool:
     def flush(self) -> None:
         """Hand over now the jobs held for the end of this loop iteration: before ``shutdown``, when the submitters
         still wait for them (jobs queued when the pool shuts down still run; held ones would be dropped)."""
-        if self._held and not self._shutdown:
+        if self._held:
             self._release()
 
     def _unserved(self) -> int:
