@@ -189,17 +189,21 @@ class HTTPConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client half-closed. Keep the transport open to answer the complete requests it sent, then close.
+        # Between two pipelined requests (the next waits for the worker to close the last one's iterable) there is
+        # no current call, yet requests are owed their responses.
         current = self._current
-        if current is None or self._parsing is current:
-            return False  # nothing to answer, or the request in flight lost the rest of its body: close
         partial = self._parsing
         if partial is not None:
+            if partial is current:
+                return False  # the request in flight lost the rest of its body: close
             # A pipelined request whose body never came: it will never be answered.
             if partial.input is not None:
                 partial.input.abort(ClientDisconnected("client closed before the request body was complete"))
             if partial in self._pipeline:
                 self._pipeline.remove(partial)
             self._parsing = None
+        if current is None and not self._pipeline:
+            return False  # nothing to answer: close
         self._read_done = True
         return True
 

@@ -749,6 +749,44 @@ def test_half_close_after_pipelined_requests_gets_every_response(server, raw):
     assert data.index(b"/a") < data.index(b"/b") < data.index(b"/c")
 
 
+def test_half_close_while_the_next_pipelined_request_waits_for_close(server, raw):
+    # A response whose declared length is reached goes out before the worker closes its iterable, and the next
+    # pipelined request starts only once it has: in between no request is in flight, yet two are still owed. A
+    # half-close arriving then must not drop them. The first iterable's close() is held until the server has seen it.
+    seen_eof = threading.Event()
+
+    class Held:
+        def __init__(self, body: bytes, hold: bool) -> None:
+            self.body, self.hold = body, hold
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.body
+
+        def close(self) -> None:
+            if self.hold:
+                seen_eof.wait(5)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return Held(body, hold=body == b"/a")
+
+    handle = server(validator(app))
+    client = raw(handle)
+    client.send(get("/a") + get("/b") + get("/c"))
+    first = client.read_response()
+    assert first.body == b"/a"
+    client.sock.shutdown(socket.SHUT_WR)
+    connections = handle.server._connections
+    # The server has either taken the EOF as "no more requests" or closed the connection (the defect).
+    assert wait_until(lambda: not connections or all(c._read_done for c in list(connections)))
+    seen_eof.set()
+    rest = client.read_all()
+    assert rest.count(b"HTTP/1.1 200 OK\r\n") == 2, rest
+    assert rest.index(b"/b") < rest.index(b"/c")
+    assert rest.endswith(b"\r\n\r\n/c")
+
+
 def test_request_sent_one_byte_at_a_time(server, raw):
     handle = server(echo)
     client = raw(handle)
