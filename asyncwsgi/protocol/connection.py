@@ -416,12 +416,12 @@ class HTTPConnection(asyncio.Protocol):
         if not keep_alive or self.closing:
             self._close()
             return
-        if self._pending_error is not None:
-            self._send_error(self._pending_error)
-            return
         if self._pipeline:
             if self._after_end is None or self._previous_closed():
                 self._start(self._pipeline.pop(0))
+        elif self._pending_error is not None:
+            self._send_error(self._pending_error)
+            return
         elif self._read_done:
             self._close()
             return
@@ -530,14 +530,17 @@ class HTTPConnection(asyncio.Protocol):
         )
         self._read_done = True
         parsing = self._parsing
-        if parsing is not None and parsing.input is not None:
-            parsing.input.abort(ClientDisconnected(f"malformed request body: {exc}"))
-        if self._current is None:
+        if parsing is not None:
+            if parsing.input is not None:
+                parsing.input.abort(ClientDisconnected(f"malformed request body: {exc}"))
+            if parsing is not self._current and parsing in self._pipeline:
+                self._pipeline.remove(parsing)  # a queued request whose body is malformed: the error answers it
+        if self._current is None and not self._pipeline:
             self._send_error(exc)
         else:
-            # Answer the request in flight first, then the error, in order.
+            # Answer the request in flight and the complete ones queued behind it first, then the error, in order:
+            # a client matches responses to requests by their order.
             self._pending_error = exc
-            self._pipeline.clear()
             self._update_reading()
 
     def _send_error(self, exc: ProtocolError) -> None:

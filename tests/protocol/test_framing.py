@@ -999,6 +999,80 @@ def test_malformed_request_after_a_good_one(server, raw):
     assert client.read_all() == b""
 
 
+def test_malformed_request_after_pipelined_good_ones(server, raw):
+    # Every complete request before the malformed one is answered, in order, then the 400: a client pairs responses
+    # with its requests by order, so a 400 in place of /b's response would be taken as /b's.
+    handle = server(path_app)
+    client = raw(handle)
+    client.send(get("/a") + get("/b") + get("/c") + b"NOT HTTP\r\n\r\n" + get("/never"))
+    for path in (b"/a", b"/b", b"/c"):
+        resp = client.read_response()
+        assert (resp.status, resp.body) == (200, path)
+    resp = client.read_response()
+    assert (resp.status, resp.header("Connection")) == (400, "close")
+    assert client.read_all() == b""
+
+
+def test_malformed_request_while_the_next_pipelined_request_waits_for_close(server, raw):
+    # Between /a's response and /b's start (the worker still closing /a's iterable) no request is in flight; /b is
+    # still owed its response before the 400.
+    rejected = threading.Event()
+
+    class Held:
+        def __init__(self, body: bytes, hold: bool) -> None:
+            self.body, self.hold = body, hold
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield self.body
+
+        def close(self) -> None:
+            if self.hold:
+                rejected.wait(5)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return Held(body, hold=body == b"/a")
+
+    handle = server(validator(app))
+    client = raw(handle)
+    client.send(get("/a") + get("/b"))
+    assert client.read_response().body == b"/a"
+    client.send(b"NOT HTTP\r\n\r\n")
+    connections = handle.server._connections
+    assert wait_until(lambda: not connections or all(c._read_done for c in list(connections)))
+    rejected.set()
+    resp = client.read_response()
+    assert (resp.status, resp.body) == (200, b"/b")
+    resp = client.read_response()
+    assert (resp.status, resp.header("Connection")) == (400, "close")
+    assert client.read_all() == b""
+
+
+def test_malformed_body_of_a_queued_request_is_answered_400_without_calling_the_app(server, raw):
+    release = threading.Event()
+    paths: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        paths.append(environ["PATH_INFO"])
+        release.wait(5)  # /a is in flight while the queued request's body turns out malformed
+        body = environ["wsgi.input"].read(100)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    handle = server(validator(app))
+    client = raw(handle)
+    client.send(get("/a") + b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+    connections = handle.server._connections
+    assert wait_until(lambda: all(c._read_done for c in list(connections)))
+    release.set()
+    assert client.read_response().status == 200
+    resp = client.read_response()
+    assert (resp.status, resp.header("Connection")) == (400, "close")
+    assert client.read_all() == b""
+    assert paths == ["/a"]
+
+
 def test_malformed_chunked_body_while_the_app_reads_it(server, raw):
     errors: list[BaseException] = []
     failed = threading.Event()
