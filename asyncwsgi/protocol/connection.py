@@ -426,7 +426,9 @@ class HTTPConnection(asyncio.Protocol):
             self._close()
             return
         elif self._parser is not None and self._parser.in_message:
-            self._arm_head_deadline()  # part of the next request's head is already here
+            # Part of the next request's head is already here, or the rest of this one's unread body is still to
+            # come (``_parsing`` is set, see on_deadline): either has timeout_request_header to arrive.
+            self._arm_head_deadline()
         else:
             self._idle = True
             self.deadline = server.loop.time() + server.config.timeout_keep_alive
@@ -558,6 +560,10 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = 0.0
         if self._idle:
             self._close()  # keep-alive timeout: no answer owed
+        elif self._current is None and not self._pipeline and self._parsing is not None:
+            # The rest of a body its app left unread, read and dropped after the response so the connection could
+            # serve another request, did not all come within timeout_request_header: that response was the answer.
+            self._close()
         elif self._current is None and not self._pipeline:
             logger.info("request head not received in time from %s", self.remote[0] if self.remote else "client")
             self._read_done = True

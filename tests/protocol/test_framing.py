@@ -1205,3 +1205,15 @@ def test_partly_read_request_body_is_discarded(server, raw):
     client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\nfirstGET / H" + get("/b"))
     assert client.read_response().body == b"firs"
     assert client.read_response().body == b""  # /b has no body: read(4) gives b""
+
+
+def test_unread_body_that_stops_coming_closes_without_a_second_answer(server, raw):
+    # The app answered without reading a large upload (a 401 or 413 before the body, say). The server reads and drops
+    # the rest so the connection can serve another request; a rest that does not come within the head timeout ends
+    # the connection, with no 408 after the response already given: the client sent one request and got one answer.
+    handle = server(path_app, timeout_request_header=0.2)
+    client = raw(handle)
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 10)
+    resp = client.read_response()
+    assert (resp.status, resp.body) == (200, b"/upload")
+    assert client.read_all() == b""  # the reaper closes it (bounded by the client's socket timeout)
