@@ -118,7 +118,8 @@ class Config:
     )
     timeout_graceful: float = _opt(
         30.0,
-        "On shutdown, how long in-flight requests may run before their connections are cut.",
+        "On shutdown, how long in-flight requests (their app code, up to the response iterable's close()) may run "
+        "before they are cut.",
         metavar="SECONDS",
     )
 

@@ -220,7 +220,9 @@ class Server:
 
     async def shutdown(self, timeout: float | None = None) -> int:
         """Stop accepting, close idle connections now, let in-flight requests finish for up to ``timeout`` seconds
-        (default: ``config.timeout_graceful``), then cut what remains. Returns how many requests were cut.
+        (default: ``config.timeout_graceful``), then cut what remains. A request is finished when its app code is:
+        the response iterable's ``close()`` included, which may still run after the response went out. Returns how
+        many requests were cut.
         Safe to call more than once and from several tasks."""
         if not self.started:
             return 0
@@ -283,6 +285,13 @@ class Server:
             finally:
                 for w in waiters:
                     w.cancel()
+        pool = self._pool
+        if pool is not None and not self._connections:
+            # Every connection is closed, yet a worker may still be in the app: closing the iterable of a response
+            # that went out whole before it (see WSGICall.open_after_end), or running a request whose client left.
+            # Its work is waited for as a request's is, within the same deadline. Polled: only ever at shutdown.
+            while pool.busy and loop.time() < self._deadline:
+                await asyncio.sleep(min(_POOL_POLL, max(0.0, self._deadline - loop.time())))
         cut = 0
         if self._connections:
             cut = sum(1 for c in self._connections if not c.idle)
@@ -291,6 +300,14 @@ class Server:
                 conn.abort()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(all_closed.wait(), 1.0)
+        elif pool is not None and pool.busy:
+            # Counted as cut: the process may end with them (worker threads are daemons).
+            cut = pool.busy
+            logger.warning(
+                "graceful shutdown timed out: %d worker thread(s) still in the app after their connection closed "
+                "(a response iterable's close(), or a request whose client left)",
+                cut,
+            )
         if self._reaper is not None:
             self._reaper.cancel()
         for spec, _, srv in self._listeners:
@@ -422,6 +439,10 @@ def _spec_of(sock: socket.socket) -> ListenSpec:
 def _sockname(sock: socket.socket) -> Any:
     name = sock.getsockname()
     return tuple(name[:2]) if isinstance(name, tuple) else name
+
+
+#: Seconds between looks at the thread pool while shutdown waits for the app's last work (see _shutdown).
+_POOL_POLL = 0.01
 
 
 def _reap_interval(config: Config) -> float:

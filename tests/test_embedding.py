@@ -16,10 +16,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.validate import validator
 
 import httpx
 import pytest
@@ -214,6 +216,66 @@ async def shutdown_cuts_a_hung_request(tmp_path: Path) -> None:
         await server.shutdown(1.0)
 
 
+class ClosingApp:
+    """A response that goes out whole (its Content-Length reached) while the iterable's close() is still running:
+    close() waits for ``release``, then sets ``closed``. Each on the worker thread."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.closed = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return self._body()
+
+    def _body(self) -> Iterator[bytes]:
+        try:
+            yield b"ok"
+        finally:  # the generator's close()
+            self.entered.set()
+            self.release.wait(5.0)
+            self.closed.set()
+
+
+async def shutdown_waits_for_a_close_after_the_response(tmp_path: Path) -> None:
+    app = ClosingApp()
+    server = asyncwsgi.Server(validator(app), host="127.0.0.1", port=0, access_log=False)
+    await server.start()
+    try:
+        data = await _raw_get(*server.address)  # Connection: close: the server closes once the response is out
+        assert data.endswith(b"\r\n\r\nok")
+        assert await _blocking(app.entered.wait, 5.0)
+        stopper = asyncio.create_task(server.shutdown(5.0))
+        done, _ = await asyncio.wait({stopper}, timeout=0.2)
+        assert not done, "shutdown() returned while the app was still closing its response"
+        app.release.set()
+        assert await asyncio.wait_for(stopper, 5.0) == 0
+        assert app.closed.is_set()
+    finally:
+        app.release.set()
+        await server.shutdown(1.0)
+
+
+async def shutdown_counts_a_close_that_outlives_the_timeout(tmp_path: Path) -> None:
+    app = ClosingApp()
+    loop = asyncio.get_running_loop()
+    server = asyncwsgi.Server(validator(app), host="127.0.0.1", port=0, access_log=False)
+    await server.start()
+    try:
+        assert (await _raw_get(*server.address)).endswith(b"\r\n\r\nok")
+        assert await _blocking(app.entered.wait, 5.0)
+        started = loop.time()
+        cut = await asyncio.wait_for(server.shutdown(0.2), 5.0)
+        elapsed = loop.time() - started
+        assert cut == 1
+        assert 0.2 <= elapsed < 2.0, f"shutdown(0.2) took {elapsed:.2f}s"
+        assert not app.closed.is_set()
+    finally:
+        app.release.set()
+        await server.shutdown(1.0)
+
+
 async def shorter_second_shutdown_cuts_sooner(tmp_path: Path) -> None:
     gate = Gate()
     loop = asyncio.get_running_loop()
@@ -353,6 +415,8 @@ SCENARIOS: dict[str, Callable[[Path], Awaitable[None]]] = {
         shutdown_waits_for_in_flight_request,
         shutdown_cuts_a_hung_request,
         shorter_second_shutdown_cuts_sooner,
+        shutdown_waits_for_a_close_after_the_response,
+        shutdown_counts_a_close_that_outlives_the_timeout,
         idle_keep_alive_closed_at_once,
         serve_until_cancelled_on_an_inherited_fd,
         serve_until_cancelled_on_a_unix_socket,
