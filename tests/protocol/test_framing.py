@@ -749,28 +749,34 @@ def test_half_close_after_pipelined_requests_gets_every_response(server, raw):
     assert data.index(b"/a") < data.index(b"/b") < data.index(b"/c")
 
 
+class HoldsFirstClose:
+    """Answers its path as the body, with Content-Length: the response goes out before the worker closes the
+    iterable. The first response's close() waits for ``release`` (bounded), holding the next pipelined request."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._first = True
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        hold, self._first = self._first, False
+        return self._body(body, hold)
+
+    def _body(self, body: bytes, hold: bool) -> Iterator[bytes]:
+        try:
+            yield body
+        finally:
+            if hold:
+                self.release.wait(5)
+
+
 def test_half_close_while_the_next_pipelined_request_waits_for_close(server, raw):
     # A response whose declared length is reached goes out before the worker closes its iterable, and the next
     # pipelined request starts only once it has: in between no request is in flight, yet two are still owed. A
     # half-close arriving then must not drop them. The first iterable's close() is held until the server has seen it.
-    seen_eof = threading.Event()
-
-    class Held:
-        def __init__(self, body: bytes, hold: bool) -> None:
-            self.body, self.hold = body, hold
-
-        def __iter__(self) -> Iterator[bytes]:
-            yield self.body
-
-        def close(self) -> None:
-            if self.hold:
-                seen_eof.wait(5)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        body = environ["PATH_INFO"].encode()
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-        return Held(body, hold=body == b"/a")
-
+    app = HoldsFirstClose()
+    seen_eof = app.release
     handle = server(validator(app))
     client = raw(handle)
     client.send(get("/a") + get("/b") + get("/c"))
@@ -1016,24 +1022,8 @@ def test_malformed_request_after_pipelined_good_ones(server, raw):
 def test_malformed_request_while_the_next_pipelined_request_waits_for_close(server, raw):
     # Between /a's response and /b's start (the worker still closing /a's iterable) no request is in flight; /b is
     # still owed its response before the 400.
-    rejected = threading.Event()
-
-    class Held:
-        def __init__(self, body: bytes, hold: bool) -> None:
-            self.body, self.hold = body, hold
-
-        def __iter__(self) -> Iterator[bytes]:
-            yield self.body
-
-        def close(self) -> None:
-            if self.hold:
-                rejected.wait(5)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        body = environ["PATH_INFO"].encode()
-        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-        return Held(body, hold=body == b"/a")
-
+    app = HoldsFirstClose()
+    rejected = app.release
     handle = server(validator(app))
     client = raw(handle)
     client.send(get("/a") + get("/b"))
