@@ -176,6 +176,10 @@ class HTTPConnection(asyncio.Protocol):
             # The next request began and its head is not complete yet (on_head clears the keep-alive deadline): it
             # has timeout_request_header to arrive whole. Armed after the feed, so a whole request reads no clock.
             self._arm_head_deadline()
+        elif self._idle and parser.in_message:
+            # An unread body ended in this feed (on_end made the connection idle) and the next head began.
+            self._idle = False
+            self._arm_head_deadline()
         # Fast path: a whole request without a body, nothing queued behind it: no reason to pause, none to resume.
         # These fields cover every reason in _must_stop and _body_full: a new reason there must be added here.
         if (
@@ -236,6 +240,7 @@ class HTTPConnection(asyncio.Protocol):
         if self._read_done:
             return  # a request after the last one we meant to read (its body, if any, goes nowhere)
         self.deadline = 0.0
+        self._idle = False
         server = self._server
         config = server.config
         stream = None
@@ -263,9 +268,19 @@ class HTTPConnection(asyncio.Protocol):
 
     def on_end(self) -> None:
         call = self._parsing
-        if call is not None and call.input is not None:
+        if call is None:
+            return
+        if call.input is not None:
             call.input.feed_eof()
         self._parsing = None
+        if self._current is None and not self._pipeline and not self.closing:
+            # Neither in flight nor queued: the call was answered before the rest of its body, which the app left
+            # unread, came. All of it is here now: the connection is idle, as at the end of a response.
+            if self._read_done:
+                self._close()
+            else:
+                self._idle = True
+                self.deadline = self._server.loop.time() + self._config.timeout_keep_alive
 
     # -- flow control ------------------------------------------------------------------------------------------------
 
@@ -532,6 +547,9 @@ class HTTPConnection(asyncio.Protocol):
         )
         self._read_done = True
         parsing = self._parsing
+        if parsing is not None and self._current is None and not self._pipeline:
+            self._close()  # the rest of a body its app left unread after the response: that was the answer
+            return
         if parsing is not None:
             if parsing.input is not None:
                 parsing.input.abort(ClientDisconnected(f"malformed request body: {exc}"))

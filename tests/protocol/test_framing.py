@@ -1207,3 +1207,34 @@ def test_unread_body_that_stops_coming_closes_without_a_second_answer(server, ra
     resp = client.read_response()
     assert (resp.status, resp.body) == (200, b"/upload")
     assert client.read_all() == b""  # the reaper closes it (bounded by the client's socket timeout)
+
+
+def test_unread_body_that_ends_after_the_response_leaves_the_connection_idle(server, raw):
+    # The rest of the unread body arrives after the response: the connection is then an idle keep-alive one. Its
+    # head timeout (0.3 s) must not fire a 408 at a client that sent nothing more; the next request is served.
+    handle = server(path_app, timeout_request_header=0.3, timeout_keep_alive=5.0)
+    client = raw(handle)
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n" + b"x" * 10)
+    assert client.read_response().body == b"/upload"
+    client.send(b"y" * 10)
+    assert no_data_within(client, 1.0)  # three reaper passes past the head timeout
+    check_answered(client, "/next")
+
+
+def test_unread_body_that_ends_after_the_response_then_keep_alive_timeout(server, raw):
+    handle = server(path_app, timeout_keep_alive=0.3)
+    client = raw(handle)
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n" + b"x" * 10)
+    assert client.read_response().body == b"/upload"
+    client.send(b"y" * 10)
+    assert client.read_all() == b""  # closed by the keep-alive timeout, nothing sent
+
+
+def test_unread_chunked_body_turning_malformed_after_the_response_closes_without_a_400(server, raw):
+    # The response already answered the request; a malformed rest of its body ends the connection, no second answer.
+    handle = server(path_app)
+    client = raw(handle)
+    client.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert client.read_response().body == b"/upload"
+    client.send(b"zz\r\n")
+    assert client.read_all() == b""
