@@ -269,7 +269,7 @@ async def shutdown_counts_a_close_that_outlives_the_timeout(tmp_path: Path) -> N
         cut = await asyncio.wait_for(server.shutdown(0.2), 5.0)
         elapsed = loop.time() - started
         assert cut == 1
-        assert 0.2 <= elapsed < 2.0, f"shutdown(0.2) took {elapsed:.2f}s"
+        assert 0.19 <= elapsed < 2.0, f"shutdown(0.2) took {elapsed:.3f}s"  # loop clock: float sums
         assert not app.closed.is_set()
     finally:
         app.release.set()
