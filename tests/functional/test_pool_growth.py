@@ -217,12 +217,17 @@ def _saturated() -> float:
     return next(_CPU_SECONDS)
 
 
+def _batching_pool(monkeypatch: pytest.MonkeyPatch, clock: Callable[[], float]) -> tuple[ThreadPool, Deferred]:
+    """A pool that samples the CPU through ``clock`` and holds jobs for ``Deferred``'s end of iteration."""
+    monkeypatch.setattr(pool_module.time, "process_time", clock)
+    deferred = Deferred()
+    return ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred), deferred
+
+
 def test_a_saturated_cpu_batches_jobs_until_the_loop_iteration_ends(
     monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
 ) -> None:
-    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
-    deferred = Deferred()
-    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    pool, deferred = _batching_pool(monkeypatch, _saturated)
     done = threading.Semaphore(0)
     job = _counting_job(done)
     try:
@@ -241,9 +246,7 @@ def test_a_saturated_cpu_batches_jobs_until_the_loop_iteration_ends(
 def test_a_cpu_with_room_hands_each_job_over_at_once(
     monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
 ) -> None:
-    monkeypatch.setattr(pool_module.time, "process_time", lambda: 0.0)  # no CPU used at all
-    deferred = Deferred()
-    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    pool, deferred = _batching_pool(monkeypatch, lambda: 0.0)  # no CPU used at all
     done = threading.Semaphore(0)
     try:
         for _ in range(3):
@@ -258,9 +261,7 @@ def test_a_cpu_with_room_hands_each_job_over_at_once(
 def test_jobs_held_when_the_pool_shuts_down_are_dropped(
     monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
 ) -> None:
-    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
-    deferred = Deferred()
-    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    pool, deferred = _batching_pool(monkeypatch, _saturated)
     ran = threading.Event()
     pool.submit(lambda _: ran.set(), None)
     pool.shutdown()
@@ -273,9 +274,7 @@ def test_jobs_flushed_before_the_pool_shuts_down_still_run(
     monkeypatch: pytest.MonkeyPatch, sample_every_submit: None
 ) -> None:
     """What to_asgi's close() does: its requests still wait for their held jobs, so they are handed over first."""
-    monkeypatch.setattr(pool_module.time, "process_time", _saturated)
-    deferred = Deferred()
-    pool = ThreadPool(8, eager_threads=4, schedule=ManualScheduler(), defer=deferred)
+    pool, deferred = _batching_pool(monkeypatch, _saturated)
     done = threading.Semaphore(0)
     job = _counting_job(done)
     for _ in range(3):
