@@ -291,7 +291,7 @@ class Server:
             # that went out whole before it (see WSGICall.open_after_end), or running a request whose client left.
             # Its work is waited for as a request's is, within the same deadline. Polled: only ever at shutdown.
             while pool.busy and loop.time() < self._deadline:
-                await asyncio.sleep(min(_POOL_POLL, max(0.0, self._deadline - loop.time())))
+                await asyncio.sleep(min(_POOL_POLL, self._deadline - loop.time()))
         cut = 0
         if self._connections:
             cut = sum(1 for c in self._connections if not c.idle)

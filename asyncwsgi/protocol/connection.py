@@ -578,14 +578,16 @@ class HTTPConnection(asyncio.Protocol):
         self.deadline = 0.0
         if self._idle:
             self._close()  # keep-alive timeout: no answer owed
-        elif self._current is None and not self._pipeline and self._parsing is not None:
-            # The rest of a body its app left unread, read and dropped after the response so the connection could
-            # serve another request, did not all come within timeout_request_header: that response was the answer.
-            self._close()
-        elif self._current is None and not self._pipeline:
-            logger.info("request head not received in time from %s", self.remote[0] if self.remote else "client")
-            self._read_done = True
-            self._send_error(ProtocolError("the request head was not received in time", 408))
+        elif self.idle:  # no request in flight or queued
+            if self._parsing is not None:
+                # The rest of a body its app left unread, read and dropped after the response so the connection
+                # could serve another request, did not all come within timeout_request_header: that response was
+                # the answer.
+                self._close()
+            else:
+                logger.info("request head not received in time from %s", self.remote[0] if self.remote else "client")
+                self._read_done = True
+                self._send_error(ProtocolError("the request head was not received in time", 408))
 
     def _close(self) -> None:
         self.closing = True
